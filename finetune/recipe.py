@@ -1,0 +1,291 @@
+"""Recipes: what to fine-tune, on which data, with which method and training settings.
+
+A recipe is data: small frozen dataclasses, one concern each, checked in ``__post_init__``. A recipe file is a
+Python module that defines ``recipe = Recipe(...)`` and nothing else that runs (see ``recipes/``); the runner
+loads it by path and applies ``section.key=value`` overrides with :func:`apply_overrides`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Union
+
+__all__ = [
+    "ModelSpec", "DataSpec", "LoraSpec", "FullSpec", "MethodSpec", "TrainingSpec", "EvalSpec", "Recipe",
+    "RecipeError", "apply_overrides", "recipe_to_dict",
+]
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DATA_FORMATS = ("alpaca", "adgen", "sharegpt", "firefly", "messages")
+
+
+class RecipeError(ValueError):
+    """A recipe field or override is wrong; the message names the field and says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which base model to load and how."""
+
+    path: str = "smollm2-135m-instruct"
+    """A local folder, a hub id already in the local cache, or the embedded default's name."""
+    family: str = "auto"
+    """Model family (``llama``, ``opt``, ``chatglm2``); ``auto`` reads it from the config's ``model_type``."""
+    dtype: str = "auto"
+    """Weights dtype; ``auto`` is bfloat16 on a GPU that supports it, float32 on CPU."""
+    max_length: int = 512
+    """Longest tokenized example (prompt + answer); longer ones are truncated and counted."""
+    trust_remote_code: bool = False
+    """Run code shipped with the checkpoint. Off by default: a checkpoint folder is untrusted input."""
+
+    def __post_init__(self):
+        _check_choice("model.dtype", self.dtype, DTYPES)
+        if self.max_length < 8:
+            raise RecipeError(f"model.max_length={self.max_length} is too small; use at least 8 tokens.")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the examples come from and how they are turned into prompts."""
+
+    train: str = ""
+    """Training file (JSON or JSONL)."""
+    format: str = "alpaca"
+    """Record layout: alpaca, adgen, sharegpt, firefly or messages (see README, "Data formats")."""
+    template: str = "auto"
+    """Prompt template name; ``auto`` takes the model family's default."""
+    eval: str = ""
+    """Held-out file; when empty, ``eval_split`` of the training file is held out instead."""
+    eval_split: float = 0.0
+    """Fraction of the training file held out for evaluation when ``eval`` is empty (seeded)."""
+    system: Optional[str] = None
+    """System prompt for every example that has none; ``None`` keeps the template's default."""
+    prompt_column: str = "content"
+    """adgen format: the field holding the prompt."""
+    response_column: str = "summary"
+    """adgen format: the field holding the answer."""
+
+    def __post_init__(self):
+        _check_choice("data.format", self.format, DATA_FORMATS)
+        if not 0.0 <= self.eval_split < 1.0:
+            raise RecipeError(f"data.eval_split={self.eval_split} must be in [0, 1).")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters through peft: only the low-rank matrices train."""
+
+    name: typing.ClassVar[str] = "lora"
+    r: int = 8
+    """Rank of the update matrices."""
+    alpha: int = 16
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input."""
+    target_modules: Optional[tuple[str, ...]] = None
+    """Module names to adapt; ``None`` takes the family's default (all linear layers of the blocks)."""
+
+    def __post_init__(self):
+        if self.r <= 0:
+            raise RecipeError(f"method.r={self.r} must be positive.")
+
+
+@dataclass(frozen=True)
+class FullSpec:
+    """Full fine-tuning: every parameter trains (needs optimizer memory for all of them)."""
+
+    name: typing.ClassVar[str] = "full"
+
+
+MethodSpec = Union[LoraSpec, FullSpec]
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """Trainer settings, each spelled as the ``transformers.TrainingArguments`` field it becomes.
+
+    Any other ``TrainingArguments`` field can go in ``extra`` (or be overridden as ``training.<field>=...``).
+    """
+
+    output_dir: str = ""
+    """Run folder; empty means ``runs/<recipe name>-<timestamp>``."""
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.0
+    """Warmup length: an int is a step count, a float in (0, 1) a fraction of the total steps."""
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    label_smoothing_factor: float = 0.0
+    """Label smoothing epsilon, applied by the SFTTrainer's loss over supervised tokens only."""
+    logging_steps: int = 10
+    eval_strategy: str = "no"
+    eval_steps: Optional[float] = None
+    save_strategy: str = "no"
+    save_steps: float = 500
+    save_total_limit: Optional[int] = 2
+    seed: int = 42
+    activation_checkpointing: bool = False
+    """Recompute activations in backward to save memory (transformers 5's name for gradient checkpointing)."""
+    optim: str = "adamw_torch"
+    report_to: str = "none"
+    dataloader_num_workers: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Further ``TrainingArguments`` fields, passed through unchanged."""
+
+    def __post_init__(self):
+        if self.learning_rate <= 0:
+            raise RecipeError(f"training.learning_rate={self.learning_rate} must be positive.")
+        if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise RecipeError("training batch size and gradient_accumulation_steps must be >= 1.")
+        if not 0.0 <= self.label_smoothing_factor < 1.0:
+            raise RecipeError(f"training.label_smoothing_factor={self.label_smoothing_factor} must be in [0, 1).")
+        unknown = set(self.extra) - _training_argument_names()
+        if unknown:
+            raise RecipeError(f"training.extra has keys that are not TrainingArguments fields: {sorted(unknown)}")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What is shown before and after training to prove the model learned."""
+
+    samples: int = 4
+    """Held-out examples generated before and after training (0 turns it off)."""
+    max_new_tokens: int = 64
+    """Generation length for those samples."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole fine-tuning run."""
+
+    name: str
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    method: MethodSpec = field(default_factory=LoraSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+    def __post_init__(self):
+        if not self.name or not self.name.replace("-", "_").replace(".", "_").isidentifier():
+            raise RecipeError(f"Recipe name {self.name!r} must be a short identifier (letters, digits, _ - .).")
+        if not self.data.train:
+            raise RecipeError("data.train is empty: set it to a JSON/JSONL file of examples.")
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """A JSON-ready dict of the recipe, with the method's name so it can be read back."""
+    out = dataclasses.asdict(recipe)
+    out["method"] = {"name": recipe.method.name, **out["method"]}
+    return json.loads(json.dumps(out, default=list))
+
+
+def recipe_from_dict(data: Mapping[str, Any]) -> Recipe:
+    """Inverse of :func:`recipe_to_dict` (used to read ``recipe.json`` back from a run folder)."""
+    method = dict(data["method"])
+    method_cls = {cls.name: cls for cls in typing.get_args(MethodSpec)}[method.pop("name")]
+    if method.get("target_modules") is not None:
+        method["target_modules"] = tuple(method["target_modules"])
+    return Recipe(
+        name=data["name"], model=ModelSpec(**data["model"]), data=DataSpec(**data["data"]),
+        method=method_cls(**method), training=TrainingSpec(**data["training"]), eval=EvalSpec(**data["eval"]),
+    )
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """Apply ``section.key=value`` strings, each parsed and type-checked against the field it sets.
+
+    ``training.<any TrainingArguments field>=value`` lands in ``training.extra`` when it is not a named field.
+
+    Raises:
+        RecipeError: on an unknown key (naming the nearest valid ones) or a value of the wrong type.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise RecipeError(f"Override {item!r} must look like section.key=value, e.g. training.learning_rate=1e-4")
+        section, name = key.split(".", 1)
+        sections = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe) if f.name != "name"}
+        if section not in sections:
+            raise RecipeError(f"Unknown recipe section {section!r}{_suggest(section, sections)}")
+        spec = sections[section]
+        names = {f.name: f for f in dataclasses.fields(spec) if f.name != "extra"}
+        if name in names:
+            value = _parse(key, raw, _field_type(type(spec), name))
+            spec = dataclasses.replace(spec, **{name: value})
+        elif section == "training" and name in _training_argument_names():
+            value = _parse(key, raw, _training_argument_type(name))
+            spec = dataclasses.replace(spec, extra={**spec.extra, name: value})
+        else:
+            candidates = list(names) + (sorted(_training_argument_names()) if section == "training" else [])
+            raise RecipeError(f"Unknown key {key!r}{_suggest(name, candidates, prefix=section + '.')}")
+        recipe = dataclasses.replace(recipe, **{section: spec})
+    return recipe
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise RecipeError(f"{key}={value!r} is not one of {', '.join(choices)}{_suggest(value, choices)}")
+
+
+def _suggest(word: str, candidates, prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.5) or [
+        c for c in candidates if word.startswith(c) or c.startswith(word)][:3]
+    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else "."
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _training_argument_names() -> set[str]:
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def _training_argument_type(name: str) -> Any:
+    from transformers import TrainingArguments
+
+    return typing.get_type_hints(TrainingArguments).get(name, str)
+
+
+def _parse(key: str, raw: str, annotation: Any) -> Any:
+    """Parse ``raw`` as ``annotation`` (str/int/float/bool, Optional, tuple of str, unions of those)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        if raw.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _parse(key, raw, arg)
+            except RecipeError as err:
+                errors.append(str(err))
+        raise RecipeError(errors[-1] if errors else f"{key}: cannot parse {raw!r}")
+    if origin in (tuple, list):
+        items = tuple(part.strip() for part in raw.split(",") if part.strip())
+        return items if origin is tuple else list(items)
+    if annotation is bool:
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise RecipeError(f"{key}={raw!r}: expected true or false.")
+    if annotation in (int, float):
+        try:
+            number = float(raw)
+        except ValueError:
+            raise RecipeError(f"{key}={raw!r}: expected a {annotation.__name__}, e.g. {key}=1e-4") from None
+        if annotation is int and not number.is_integer():
+            raise RecipeError(f"{key}={raw!r}: expected a whole number.")
+        return annotation(number)
+    return raw

@@ -1,0 +1,235 @@
+"""Prompt templates: how a conversation becomes text, and which parts of it are trained.
+
+A template turns ``messages`` (``{"role": "system" | "user" | "assistant", "content": ...}``, a user message may
+carry an ``input`` field as in Alpaca data) into segments ``(text, supervised)``. Assistant answers are
+supervised; everything else is context whose labels become -100. Exact strings and their sources are in
+``shared/TEMPLATES.md``; ``tests/test_templates.py`` pins each as a golden string.
+
+Placeholders: ``{content}``, ``{input}``, ``{round}`` (counted from 1), ``{system}``, ``{bos}``, ``{eos}``.
+``{bos}`` is the text of the special tokens the tokenizer itself prepends (``<s>`` for Llama-2, nothing for
+SmolLM2, ``[gMASK]sop`` for ChatGLM2), so a template never doubles or drops them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+__all__ = ["Template", "TokenizerTemplate", "get_template", "register_template", "template_names", "Segment"]
+
+Segment = tuple[str, bool]
+"""A piece of rendered text and whether its tokens are supervised."""
+
+LLAMA2_SYSTEM = (
+    "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe. "
+    "Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or illegal content. "
+    "Please ensure that your responses are socially unbiased and positive in nature.\n\n"
+    "If a question does not make any sense, or is not factually coherent, explain why instead of answering something "
+    "not correct. If you don't know the answer to a question, please don't share false information."
+)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prompt format described as data; :meth:`render` is the only logic."""
+
+    name: str
+    user: str
+    """A user turn, including the header that introduces the answer (the generation prompt ends here)."""
+    assistant: str = "{content}{eos}"
+    """A supervised assistant turn."""
+    user_with_input: Optional[str] = None
+    """The first user turn when the example has a non-empty ``input`` (Alpaca's second prompt)."""
+    system: str = "{system}"
+    """How a system prompt is written; it is left out when the system prompt is empty."""
+    default_system: str = ""
+    default_system_with_input: Optional[str] = None
+    """Alpaca uses a different header when the example has an input."""
+    system_in_first_user: bool = False
+    """Llama-2 writes the system block inside the first ``[INST]``."""
+    prefix: str = "{bos}"
+    separator: str = ""
+    """Context text between an answer and the next user turn."""
+    eos_every_turn: bool = True
+    """False for formats (ChatGLM2) whose history answers carry no end token; the last answer still gets one."""
+    strip_content: bool = False
+
+    def render(self, messages: Sequence[dict], *, bos: str = "", eos: str = "", tokenizer: Any = None) -> list[Segment]:
+        """Render a conversation; a trailing user turn renders as the generation prompt.
+
+        The first segment is always the prefix (possibly empty), so the encoder can map ``{bos}`` to the
+        tokenizer's own prefix ids instead of re-tokenizing its text.
+
+        Args:
+            messages: conversation, optionally starting with a system message.
+            bos: text of the tokenizer's automatic prefix tokens.
+            eos: the tokenizer's end-of-sequence token text.
+            tokenizer: unused here; :class:`TokenizerTemplate` needs it.
+        """
+        system, turns = _split_system(messages)
+        has_input = bool(turns and turns[0].get("input"))
+        if system is None:
+            system = self.default_system_with_input if has_input and self.default_system_with_input else self.default_system
+        system_block = self.system.format(system=system) if system else ""
+        segments: list[Segment] = [(self.prefix.format(bos=bos), False)]
+        if system_block and not self.system_in_first_user:
+            segments.append((system_block, False))
+        n_answers = sum(m["role"] == "assistant" for m in turns)
+        round_no = answers = 0
+        for i, message in enumerate(turns):
+            content = message["content"].strip() if self.strip_content else message["content"]
+            if message["role"] == "user":
+                round_no += 1
+                if round_no == 1 and self.system_in_first_user:
+                    content = system_block + content
+                fmt = self.user_with_input if (message.get("input") and self.user_with_input) else self.user
+                if message.get("input") and not self.user_with_input:
+                    content = f"{content}\n\n{message['input']}"
+                if i > 0 and self.separator:
+                    segments.append((self.separator, False))
+                segments.append((fmt.format(content=content, input=message.get("input") or "", round=round_no,
+                                            bos=bos, eos=eos), False))
+            else:
+                answers += 1
+                end = eos if (self.eos_every_turn or answers == n_answers) else ""
+                segments.append((self.assistant.format(content=content, eos=end), True))
+        return segments[:1] + [s for s in segments[1:] if s[0]]
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return {"class": "Template", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class TokenizerTemplate:
+    """The tokenizer's own chat template (``apply_chat_template``), split into supervised segments.
+
+    Each answer's text is found by rendering the conversation with and without it, so any Jinja chat
+    template that renders prefixes consistently (ChatML, Llama-3, Qwen, ...) gets a correct loss mask.
+    """
+
+    name: str = "tokenizer"
+
+    def render(self, messages: Sequence[dict], *, bos: str = "", eos: str = "", tokenizer: Any = None) -> list[Segment]:
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("Template 'tokenizer' needs a tokenizer with a chat_template; pick a named template.")
+        plain = [{"role": m["role"], "content": _join_input(m)} for m in messages]
+        segments: list[Segment] = []
+        done = ""
+        for i, message in enumerate(plain):
+            if message["role"] == "assistant":
+                head = tokenizer.apply_chat_template(plain[:i], tokenize=False, add_generation_prompt=True)
+                segments.append((head[len(done):], False))
+                done = tokenizer.apply_chat_template(plain[: i + 1], tokenize=False)
+                if not done.startswith(head):
+                    raise ValueError("The tokenizer's chat template does not render prefixes consistently.")
+                segments.append((done[len(head):], True))
+        if plain and plain[-1]["role"] != "assistant":
+            head = tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
+            segments.append((head[len(done):], False))
+        # The chat template writes its own special tokens, so no automatic prefix is added in front.
+        return [("", False)] + [s for s in segments if s[0]]
+
+    def to_dict(self) -> dict:
+        return {"class": "TokenizerTemplate", "name": self.name}
+
+
+def _split_system(messages: Sequence[dict]) -> tuple[Optional[str], list[dict]]:
+    if messages and messages[0]["role"] == "system":
+        return messages[0]["content"], list(messages[1:])
+    return None, list(messages)
+
+
+def _join_input(message: dict) -> str:
+    return f"{message['content']}\n\n{message['input']}" if message.get("input") else message["content"]
+
+
+_REGISTRY: dict[str, Any] = {}
+
+
+def register_template(template) -> None:
+    """Add a template; names are unique and entries immutable."""
+    if template.name in _REGISTRY:
+        raise ValueError(f"Template {template.name!r} is already registered.")
+    _REGISTRY[template.name] = template
+
+
+def get_template(name: str):
+    """Look a template up by name.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown template {name!r}; known templates: {', '.join(template_names())}.")
+    return _REGISTRY[name]
+
+
+def template_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def template_from_dict(data: dict):
+    """Rebuild a template saved with ``to_dict`` (a run folder's ``template.json``)."""
+    data = dict(data)
+    cls = {"Template": Template, "TokenizerTemplate": TokenizerTemplate}[data.pop("class")]
+    return cls(**data)
+
+
+ALPACA_HEADER = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+
+for _template in [
+    # stanford_alpaca PROMPT_DICT; the answer follows "### Response:" directly, as in its train.py.
+    Template(
+        name="alpaca", system="{system}\n\n", default_system=ALPACA_HEADER,
+        default_system_with_input=(
+            "Below is an instruction that describes a task, paired with an input that provides further context. "
+            "Write a response that appropriately completes the request."),
+        user="### Instruction:\n{content}\n\n### Response:",
+        user_with_input="### Instruction:\n{content}\n\n### Input:\n{input}\n\n### Response:", separator="\n\n"),
+    # Meta's format; each human turn starts with BOS, each answer is " {a} </s>" (LinkSoul's encoding).
+    Template(
+        name="llama2", prefix="", system="<<SYS>>\n{system}\n<</SYS>>\n\n", default_system=LLAMA2_SYSTEM,
+        system_in_first_user=True, user="{bos}[INST] {content} [/INST]", assistant=" {content} {eos}"),
+    Template(name="linly", user="### Instruction:{content} ### Response:", strip_content=True, separator="\n"),
+    Template(
+        name="nous", user="### Instruction:\n{content}\n\n### Response:\n", separator="\n\n",
+        user_with_input="### Instruction:\n{content}\n\n### Input:\n{input}\n\n### Response:\n"),
+    Template(
+        name="yayi", system="<|System|>:\n{system}\n\n", separator="\n\n",
+        default_system=LLAMA2_SYSTEM.replace(
+            "honest assistant.", "honest assistant named YaYi developed by Beijing Wenge Technology Co.,Ltd."),
+        user="<|Human|>:\n{content}\n\n<|YaYi|>:\n"),
+    Template(
+        name="stablebeluga2", system="### System:\n{system}\n\n", separator="\n\n",
+        default_system=("You are Stable Beluga, an AI that follows instructions extremely well. Help as much as you "
+                        "can. Remember, be safe, and don't do anything illegal."),
+        user="### User: {content}\n\n### Assistant:\n"),
+    Template(
+        name="guanaco", system="{system}\n", separator=" ",
+        default_system=("A chat between a curious human and an artificial intelligence assistant. The assistant "
+                        "gives helpful, detailed, and polite answers to the user's questions."),
+        user="### Human: {content} ### Assistant: "),
+    # ChatGLM2: history answers are plain text; only the final answer ends with EOS, as in its P-Tuning scripts.
+    Template(
+        name="chatglm2", system="{system}\n\n", system_in_first_user=True, eos_every_turn=False,
+        user="[Round {round}]\n\n问：{content}\n\n答：", separator="\n\n"),
+    # FastChat's vicuna_v1.1: "... USER: q ASSISTANT: a</s>USER: ..."
+    Template(
+        name="vicuna", system="{system} ", assistant=" {content}{eos}",
+        default_system=("A chat between a curious user and an artificial intelligence assistant. The assistant "
+                        "gives helpful, detailed, and polite answers to the user's questions."),
+        user="USER: {content} ASSISTANT:"),
+    # Firefly's multi-turn layout: <s>input1</s>target1</s>input2</s>target2</s>
+    Template(name="firefly", user="{content}{eos}"),
+    Template(
+        name="chatml", prefix="", system="<|im_start|>system\n{system}<|im_end|>\n", separator="\n",
+        user="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n", assistant="{content}<|im_end|>"),
+    # The QLoRA write-up's DialogSum prompt: parts joined by blank lines, the answer closed by "### End".
+    Template(
+        name="dialogsum", system="{system}\n\n", default_system="\n" + ALPACA_HEADER,
+        user="### Instruct: Summarize the below conversation.\n\n{content}\n\n### Output:\n",
+        assistant="{content}\n\n### End{eos}", separator="\n\n"),
+    TokenizerTemplate(),
+]:
+    register_template(_template)

@@ -1,0 +1,151 @@
+"""One run, top to bottom: tokenizer -> template -> data -> model + method -> collator -> trainer -> save.
+
+Read :func:`train` first; every other function here is a step it calls in order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments, set_seed
+
+from .collators import PaddingCollator
+from .data import LabelAudit, build_datasets, show_example
+from .generate import generate, prompt_messages
+from .methods import apply_method, count_parameters
+from .models import load_model, load_tokenizer, resolve_family, resolve_model_path
+from .recipe import Recipe, TrainingSpec
+from .templates import get_template
+from .trainers import SFTTrainer
+
+__all__ = ["train", "training_arguments", "RunResult"]
+
+logger = logging.getLogger("finetune")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """Where a run was saved and how it went."""
+
+    output_dir: Optional[Path]
+    eval_loss_before: Optional[float] = None
+    eval_loss_after: Optional[float] = None
+    samples: list = dataclasses.field(default_factory=list)
+
+
+def train(recipe: Recipe, dry_run: bool = False) -> RunResult:
+    """Fine-tune as the recipe says; with ``dry_run`` stop after the label audit and parameter count."""
+    set_seed(recipe.training.seed)
+    path = resolve_model_path(recipe.model.path)
+    family = resolve_family(recipe.model, path)
+    tokenizer = load_tokenizer(path, family, recipe.model.trust_remote_code)
+    template = get_template(family.template if recipe.data.template == "auto" else recipe.data.template)
+    logger.info("Model %s (family %s), template %s", path, family.name, template.name)
+
+    data = build_datasets(recipe.data, tokenizer, template, recipe.model.max_length, recipe.training.seed)
+    audit = LabelAudit.of(data.train, tokenizer, data.skipped)
+    logger.info("%s\n  tokenized in %.1fs%s", audit.format("train"), data.tokenize_seconds,
+                " (cache hit)" if data.cache_hit else "")
+    logger.info("Example 0 (supervised tokens in [[ ]], the rest has label -100):\n%s",
+                show_example(data.train[0]["input_ids"], data.train[0]["labels"], tokenizer))
+    if data.eval is not None:
+        logger.info("Eval split: %d examples", len(data.eval))
+
+    if dry_run:
+        model = apply_method(_skeleton(path, family, recipe), recipe.method, family)
+        trainable, total = count_parameters(model)
+        logger.info("Dry run: %d train examples, %d tokens; trainable parameters %s of %s (%.3f%%)",
+                    audit.examples, audit.tokens, f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        return RunResult(None)
+
+    model = apply_method(load_model(path, family, recipe.model), recipe.method, family)
+    trainable, total = count_parameters(model)
+    logger.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    output_dir = Path(recipe.training.output_dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    trainer = SFTTrainer(
+        model=model, args=training_arguments(recipe.training, output_dir), train_dataset=data.train,
+        eval_dataset=data.eval, data_collator=PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8),
+        processing_class=tokenizer, template=template, recipe=recipe,
+    )
+    result = RunResult(output_dir)
+    samples = list(data.eval.select(range(min(recipe.eval.samples, len(data.eval))))["messages"]) \
+        if data.eval is not None else []
+    before = _held_out(trainer, tokenizer, template, samples, recipe) if data.eval is not None else None
+
+    trainer.train()
+    trainer.save_model(str(output_dir))
+
+    if data.eval is not None:
+        after = _held_out(trainer, tokenizer, template, samples, recipe)
+        result.eval_loss_before, result.eval_loss_after = before[0], after[0]
+        result.samples = [
+            {"prompt": prompt_messages(c)[0][-1]["content"], "reference": prompt_messages(c)[1],
+             "before": b, "after": a} for c, b, a in zip(samples, before[1], after[1])]
+        (output_dir / "samples.json").write_text(json.dumps(
+            {"eval_loss_before": before[0], "eval_loss_after": after[0], "samples": result.samples},
+            indent=2, ensure_ascii=False))
+        logger.info("%s", _comparison(result))
+    logger.info("Saved to %s", output_dir)
+    return result
+
+
+def training_arguments(spec: TrainingSpec, output_dir: Path) -> TrainingArguments:
+    """``TrainingArguments`` from the recipe, with defaults that suit this framework.
+
+    bf16 mixed precision on GPUs that have it, CPU otherwise; loss-only evaluation (full-vocabulary eval logits
+    are never gathered); columns kept because the collator picks what it needs.
+    """
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in ("extra", "output_dir")}
+    cuda = torch.cuda.is_available()
+    defaults = {
+        "use_cpu": not cuda, "bf16": cuda and torch.cuda.is_bf16_supported(), "prediction_loss_only": True,
+        "remove_unused_columns": False, "save_safetensors": True, "disable_tqdm": False,
+        "activation_checkpointing_kwargs": {"use_reentrant": False} if spec.activation_checkpointing else None,
+    }
+    accepted = {f.name for f in dataclasses.fields(TrainingArguments)}
+    kwargs = {k: v for k, v in {**defaults, **fields, **spec.extra}.items() if k in accepted}
+    return TrainingArguments(output_dir=str(output_dir), **kwargs)
+
+
+def _skeleton(path: Path, family, recipe: Recipe):
+    """The model's architecture on the meta device: parameter counts without reading any weights."""
+    if family.name == "chatglm2" and json.loads((path / "config.json").read_text()).get("model_type") == "chatglm":
+        from .models.chatglm2 import convert_config
+
+        config = convert_config(json.loads((path / "config.json").read_text()))
+    else:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _held_out(trainer: SFTTrainer, tokenizer, template, samples: list, recipe: Recipe) -> tuple[float, list[str]]:
+    """Eval loss on the held-out split and generations for a few of its prompts."""
+    loss = trainer.evaluate()["eval_loss"]
+    prompts = [prompt_messages(c)[0] for c in samples]
+    answers = generate(trainer.model, tokenizer, template, prompts, recipe.eval.max_new_tokens) if prompts else []
+    return loss, answers
+
+
+def _comparison(result: RunResult) -> str:
+    lines = [f"Held-out eval loss: before {result.eval_loss_before:.4f} -> after {result.eval_loss_after:.4f}"]
+    for i, s in enumerate(result.samples):
+        lines += [f"--- held-out example {i}", f"prompt:    {_short(s['prompt'])}",
+                  f"reference: {_short(s['reference'])}", f"before:    {_short(s['before'])}",
+                  f"after:     {_short(s['after'])}"]
+    matches = sum(s["after"].strip() == s["reference"].strip() for s in result.samples)
+    matches_before = sum(s["before"].strip() == s["reference"].strip() for s in result.samples)
+    if result.samples:
+        lines.append(f"Exact match on {len(result.samples)} held-out prompts: before {matches_before}, "
+                     f"after {matches}")
+    return "\n".join(lines)
+
+
+def _short(text: str, width: int = 160) -> str:
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 1] + "…"

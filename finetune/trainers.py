@@ -1,0 +1,80 @@
+"""Trainer subclasses: the loss hook and the save hook, each short and delegating to ``transformers.Trainer``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+try:
+    from typing import override
+except ImportError:  # Python < 3.12
+    from typing_extensions import override
+
+from .data.tokenize import IGNORE_INDEX
+from .recipe import recipe_to_dict
+
+__all__ = ["SFTTrainer", "causal_lm_loss", "write_run_files"]
+
+
+def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
+                   num_items_in_batch: Optional[torch.Tensor | int] = None) -> torch.Tensor:
+    """Summed token loss over supervised targets divided by ``num_items_in_batch``.
+
+    ``logits[:, i]`` predicts ``targets[:, i]`` (already shifted). Dividing the sum by the number of supervised
+    tokens in the whole accumulated batch, not per micro-batch, makes bs 1 x accumulation 4 equal bs 4.
+    With ``label_smoothing`` = e the token loss is (1 - e) * NLL + e * mean over the vocabulary of -log p,
+    transformers' ``LabelSmoother`` definition (PyTorch's ``label_smoothing`` computes exactly that).
+    """
+    total = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=label_smoothing)
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
+    return total / torch.clamp(torch.as_tensor(count, device=total.device), min=1)
+
+
+def write_run_files(output_dir: str | Path, template, recipe) -> None:
+    """Save the template and the resolved recipe beside the weights, so inference uses the training format."""
+    output_dir = Path(output_dir)
+    if template is not None:
+        (output_dir / "template.json").write_text(json.dumps(template.to_dict(), indent=2, ensure_ascii=False))
+    if recipe is not None:
+        (output_dir / "recipe.json").write_text(json.dumps(recipe_to_dict(recipe), indent=2, ensure_ascii=False))
+
+
+class SFTTrainer(Trainer):
+    """``Trainer`` with a supervised-token causal-LM loss and adapter-plus-template checkpoints.
+
+    Args:
+        template: the prompt template the data was rendered with (saved as ``template.json``).
+        recipe: the resolved recipe (saved as ``recipe.json``).
+    """
+
+    # compute_loss divides by num_items_in_batch itself, so training_step must not divide again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, template=None, recipe=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.template, self.recipe = template, recipe
+        # Makes the Trainer count supervised tokens over the accumulated batch for every model class.
+        self.model_accepts_loss_kwargs = True
+
+    @override
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Loss over supervised tokens only; logits are computed just where some row has a label."""
+        inputs = dict(inputs)
+        targets = inputs.pop("labels")[:, 1:]
+        keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
+        outputs = model(**inputs, logits_to_keep=keep)
+        loss = causal_lm_loss(outputs.logits, targets[:, keep], self.args.label_smoothing_factor, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is already global
+        return (loss, outputs) if return_outputs else loss
+
+    @override
+    def _save(self, output_dir: Optional[str] = None, state_dict=None):
+        """Weights as the library writes them (adapter only for PEFT), plus template and recipe."""
+        super()._save(output_dir, state_dict)
+        write_run_files(output_dir or self.args.output_dir, self.template, self.recipe)

@@ -1,0 +1,72 @@
+"""Shared fixtures: the real SmolLM2 tokenizer and tiny random models saved as real model folders."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from finetune.models import embedded_model_path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains the real SmolLM2-135M model (make test-slow)")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The embedded SmolLM2-135M-Instruct folder (converted from GGUF once, then cached)."""
+    return embedded_model_path("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_path)
+
+
+def _save_tiny(folder: Path, config, tokenizer) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer random Llama (4 heads, 2 kv heads; sizes multiples of 32) with SmolLM2's vocabulary."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=True)
+    return _save_tiny(tmp_path_factory.mktemp("tiny_llama"), config, tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_opt(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer random OPT with SmolLM2's vocabulary (OPT's own tokenizer is not available offline)."""
+    from transformers import OPTConfig
+
+    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=64,
+                       pad_token_id=0, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    opt_tokenizer = copy.deepcopy(tokenizer)
+    opt_tokenizer.pad_token = "<|endoftext|>"  # OPT's own tokenizer pads with a token distinct from EOS
+    return _save_tiny(tmp_path_factory.mktemp("tiny_opt"), config, opt_tokenizer)
+
+
+@pytest.fixture()
+def alpaca_file(tmp_path) -> Path:
+    """A small real-text Alpaca file (from the bundled demo data)."""
+    source = Path(__file__).resolve().parents[1] / "data" / "unicode_names" / "train.jsonl"
+    lines = source.read_text(encoding="utf-8").splitlines()[:32]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,37 @@
+"""The padding collator on plain lists, with no model and no tokenizer."""
+import torch
+
+from finetune.collators import PaddingCollator
+
+FEATURES = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "num_tokens": 3},
+            {"input_ids": [8], "labels": [8]}]
+
+
+def test_right_padding_masks_labels_and_attention():
+    batch = PaddingCollator(pad_token_id=0)(FEATURES)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+
+
+def test_pad_to_multiple_and_left_padding():
+    batch = PaddingCollator(pad_token_id=1, pad_to_multiple_of=4, padding_side="left")(FEATURES)
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 7], [1, 1, 1, 8]]
+    assert batch["labels"].tolist() == [[-100, -100, 6, 7], [-100, -100, -100, 8]]
+
+
+def test_without_labels_for_generation():
+    batch = PaddingCollator(pad_token_id=0, padding_side="left")([{"input_ids": [1, 2]}, {"input_ids": [3]}])
+    assert set(batch) == {"input_ids", "attention_mask"}
+
+
+def test_equivalent_to_data_collator_for_seq2seq(tokenizer):
+    from transformers import DataCollatorForSeq2Seq
+
+    features = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in FEATURES]
+    tokenizer.padding_side = "right"
+    theirs = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8)(features)
+    ours = PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8)(features)
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(theirs[key], ours[key]), key
