@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
 __all__ = [
-    "ModelSpec", "DataSpec", "LoraSpec", "FullSpec", "MethodSpec", "TrainingSpec", "EvalSpec", "Recipe",
+    "ModelSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec", "EvalSpec", "Recipe",
     "RecipeError", "apply_overrides", "recipe_to_dict",
 ]
 
@@ -101,7 +101,26 @@ class FullSpec:
     name: typing.ClassVar[str] = "full"
 
 
-MethodSpec = Union[LoraSpec, FullSpec]
+@dataclass(frozen=True)
+class PTuningSpec:
+    """P-Tuning v2: trained virtual tokens give past keys/values in every layer; the base model is frozen."""
+
+    name: typing.ClassVar[str] = "ptuning"
+    pre_seq_len: int = 128
+    """Number of virtual tokens (ChatGLM2's PRE_SEQ_LEN)."""
+    prefix_projection: bool = False
+    """Reparametrise the prefix through Linear -> Tanh -> Linear (ChatGLM2's prefix_projection)."""
+    prefix_hidden_size: int = 0
+    """Width of that projection; 0 means the model's hidden size."""
+    prefix_dropout: float = 0.1
+    """Dropout on the prefix keys/values (ChatGLM2 uses 0.1)."""
+
+    def __post_init__(self):
+        if self.pre_seq_len <= 0:
+            raise RecipeError(f"method.pre_seq_len={self.pre_seq_len} must be positive.")
+
+
+MethodSpec = Union[LoraSpec, FullSpec, PTuningSpec]
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,8 @@ class Template:
         system, turns = _split_system(messages)
         has_input = bool(turns and turns[0].get("input"))
         if system is None:
-            system = self.default_system_with_input if has_input and self.default_system_with_input else self.default_system
+            with_input = has_input and self.default_system_with_input
+            system = self.default_system_with_input if with_input else self.default_system
         system_block = self.system.format(system=system) if system else ""
         segments: list[Segment] = [(self.prefix.format(bos=bos), False)]
         if system_block and not self.system_in_first_user:
@@ -176,7 +177,8 @@ def template_from_dict(data: dict):
     return cls(**data)
 
 
-ALPACA_HEADER = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+ALPACA_HEADER = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.")
 
 for _template in [
     # stanford_alpaca PROMPT_DICT; the answer follows "### Response:" directly, as in its train.py.

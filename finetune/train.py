@@ -21,7 +21,7 @@ from .methods import apply_method, count_parameters
 from .models import load_model, load_tokenizer, resolve_family, resolve_model_path
 from .recipe import Recipe, TrainingSpec
 from .templates import get_template
-from .trainers import SFTTrainer
+from .trainers import SFTTrainer, trainer_class
 
 __all__ = ["train", "training_arguments", "RunResult"]
 
@@ -67,7 +67,7 @@ def train(recipe: Recipe, dry_run: bool = False) -> RunResult:
     trainable, total = count_parameters(model)
     logger.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     output_dir = Path(recipe.training.output_dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    trainer = SFTTrainer(
+    trainer = trainer_class(recipe.method.name)(
         model=model, args=training_arguments(recipe.training, output_dir), train_dataset=data.train,
         eval_dataset=data.eval, data_collator=PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8),
         processing_class=tokenizer, template=template, recipe=recipe,
@@ -83,9 +83,7 @@ def train(recipe: Recipe, dry_run: bool = False) -> RunResult:
     if data.eval is not None:
         after = _held_out(trainer, tokenizer, template, samples, recipe)
         result.eval_loss_before, result.eval_loss_after = before[0], after[0]
-        result.samples = [
-            {"prompt": prompt_messages(c)[0][-1]["content"], "reference": prompt_messages(c)[1],
-             "before": b, "after": a} for c, b, a in zip(samples, before[1], after[1])]
+        result.samples = [_sample(c, b, a) for c, b, a in zip(samples, before[1], after[1])]
         (output_dir / "samples.json").write_text(json.dumps(
             {"eval_loss_before": before[0], "eval_loss_after": after[0], "samples": result.samples},
             indent=2, ensure_ascii=False))
@@ -104,7 +102,7 @@ def training_arguments(spec: TrainingSpec, output_dir: Path) -> TrainingArgument
     cuda = torch.cuda.is_available()
     defaults = {
         "use_cpu": not cuda, "bf16": cuda and torch.cuda.is_bf16_supported(), "prediction_loss_only": True,
-        "remove_unused_columns": False, "save_safetensors": True, "disable_tqdm": False,
+        "remove_unused_columns": False, "label_names": ["labels"], "disable_tqdm": False,
         "activation_checkpointing_kwargs": {"use_reentrant": False} if spec.activation_checkpointing else None,
     }
     accepted = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -130,6 +128,14 @@ def _held_out(trainer: SFTTrainer, tokenizer, template, samples: list, recipe: R
     prompts = [prompt_messages(c)[0] for c in samples]
     answers = generate(trainer.model, tokenizer, template, prompts, recipe.eval.max_new_tokens) if prompts else []
     return loss, answers
+
+
+def _sample(conversation: list[dict], before: str, after: str) -> dict:
+    messages, reference = prompt_messages(conversation)
+    messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    last = messages[-1]
+    prompt = f"{last['content']}\n\n{last['input']}" if last.get("input") else last["content"]
+    return {"messages": messages, "prompt": prompt, "reference": reference, "before": before, "after": after}
 
 
 def _comparison(result: RunResult) -> str:

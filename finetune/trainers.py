@@ -17,7 +17,7 @@ except ImportError:  # Python < 3.12
 from .data.tokenize import IGNORE_INDEX
 from .recipe import recipe_to_dict
 
-__all__ = ["SFTTrainer", "causal_lm_loss", "write_run_files"]
+__all__ = ["SFTTrainer", "PrefixTrainer", "trainer_class", "causal_lm_loss", "write_run_files"]
 
 
 def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
@@ -58,8 +58,10 @@ class SFTTrainer(Trainer):
     def __init__(self, *args, template=None, recipe=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.template, self.recipe = template, recipe
-        # Makes the Trainer count supervised tokens over the accumulated batch for every model class.
+        # Make the Trainer count shifted supervised tokens over the accumulated batch for every model class
+        # (it otherwise decides from the model's forward signature and loss_type).
         self.model_accepts_loss_kwargs = True
+        self._loss_shifts_labels = True
 
     @override
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -78,3 +80,21 @@ class SFTTrainer(Trainer):
         """Weights as the library writes them (adapter only for PEFT), plus template and recipe."""
         super()._save(output_dir, state_dict)
         write_run_files(output_dir or self.args.output_dir, self.template, self.recipe)
+
+
+class PrefixTrainer(SFTTrainer):
+    """SFTTrainer for P-Tuning v2, whose checkpoints hold only the prefix encoder."""
+
+    @override
+    def _save(self, output_dir: Optional[str] = None, state_dict=None):
+        """Write the prefix encoder alone: the base model is frozen, so saving it again would only cost disk."""
+        output_dir = output_dir or self.args.output_dir
+        self.accelerator.unwrap_model(self.model).save_prefix(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        write_run_files(output_dir, self.template, self.recipe)
+
+
+def trainer_class(method_name: str) -> type[SFTTrainer]:
+    """The trainer a method needs."""
+    return PrefixTrainer if method_name == "ptuning" else SFTTrainer

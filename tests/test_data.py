@@ -1,10 +1,9 @@
 """Readers, loss masks (stanford_alpaca and Firefly rules), truncation and the label audit on the real tokenizer."""
 import pytest
+from helpers import write_jsonl
 
 from finetune.data import IGNORE_INDEX, DataError, Encoder, LabelAudit, read_examples, show_example
 from finetune.templates import Template, get_template
-
-from helpers import write_jsonl
 
 
 def encode(tokenizer, template, messages, max_length=512):

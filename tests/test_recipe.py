@@ -24,7 +24,8 @@ def test_every_recipe_loads_and_validates(path):
 
 
 def test_overrides_are_typed():
-    recipe = apply_overrides(BASE, ["training.learning_rate=1e-4", "method.r=4", "training.activation_checkpointing=true",
+    recipe = apply_overrides(BASE, ["training.learning_rate=1e-4", "method.r=4",
+                                    "training.activation_checkpointing=true",
                                     "method.target_modules=q_proj,v_proj", "data.system=none", "model.max_length=64"])
     assert recipe.training.learning_rate == 1e-4 and recipe.method.r == 4
     assert recipe.training.activation_checkpointing is True

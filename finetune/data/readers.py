@@ -45,7 +45,8 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, int, dict]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: bytes are not valid UTF-8 ({err.reason}); re-save the file as UTF-8.") from None
+        raise DataError(f"{path}:{line}: bytes are not valid UTF-8 ({err.reason}); re-save the file as UTF-8.") \
+            from None
     if not text.strip():
         raise DataError(f"{path}: the data file is empty.")
     if text.lstrip().startswith("["):

@@ -9,6 +9,7 @@ from typing import Callable
 
 from .full import apply_full
 from .lora import apply_lora
+from .ptuning import apply_ptuning
 
 __all__ = ["apply_method", "register_method", "count_parameters"]
 
@@ -35,3 +36,4 @@ def count_parameters(model) -> tuple[int, int]:
 
 register_method("lora", apply_lora)
 register_method("full", apply_full)
+register_method("ptuning", apply_ptuning)

@@ -1,0 +1,190 @@
+"""P-Tuning v2: trained virtual tokens that become past keys/values in every attention layer.
+
+Written here rather than taken from peft's ``PrefixTuningConfig`` because peft (0.21) refuses gradient
+checkpointing with a prefix, which a 6B model needs, and shifts the real tokens' position ids by the prefix length,
+while ChatGLM2 (and its published prefixes) start them at 0.
+
+How checkpointing works with a prefix: the prefix is handed to the model as a cache whose ``update`` returns
+``prefix + new`` keys/values *without storing anything*. Such a cache is only read, so the backward replay of a
+checkpointed layer sees the same states, and the layers may keep it (``_can_checkpoint_with_cache``).
+The encoder's layout is ChatGLM2's (``embedding``, ``trans.0``, ``trans.2``), so official checkpoints load as is.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicLayer
+
+__all__ = ["PrefixEncoder", "PrefixModel", "apply_ptuning", "load_prefix_model", "PREFIX_WEIGHTS", "PREFIX_CONFIG"]
+
+PREFIX_WEIGHTS = "prefix_encoder.safetensors"
+PREFIX_CONFIG = "prefix_config.json"
+
+
+class PrefixEncoder(nn.Module):
+    """``pre_seq_len`` virtual tokens -> one key and one value per layer, kv-head and position.
+
+    With ``prefix_projection`` the embedding is reparametrised through Linear -> Tanh -> Linear (ChatGLM2's shape:
+    kv_size -> hidden_size -> kv_size), which trains more stably; without it the embedding is the prefix.
+    """
+
+    def __init__(self, pre_seq_len: int, num_layers: int, kv_heads: int, head_dim: int,
+                 prefix_projection: bool = False, hidden_size: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.config = {"pre_seq_len": pre_seq_len, "num_layers": num_layers, "kv_heads": kv_heads,
+                       "head_dim": head_dim, "prefix_projection": prefix_projection, "hidden_size": hidden_size,
+                       "dropout": dropout}
+        kv_size = num_layers * 2 * kv_heads * head_dim
+        self.embedding = nn.Embedding(pre_seq_len, kv_size)
+        if prefix_projection:
+            self.trans = nn.Sequential(nn.Linear(kv_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, kv_size))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, batch_size: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer ``(keys, values)`` of shape (batch, kv_heads, pre_seq_len, head_dim)."""
+        c = self.config
+        prefix = self.embedding.weight
+        if c["prefix_projection"]:
+            prefix = self.trans(prefix)
+        # Flattened as ChatGLM2 lays it out: (layer, key/value, kv-head, head_dim).
+        prefix = self.dropout(prefix.view(c["pre_seq_len"], c["num_layers"] * 2, c["kv_heads"], c["head_dim"]))
+        prefix = prefix.permute(1, 2, 0, 3).to(dtype)  # (layers*2, kv_heads, P, head_dim)
+        shape = (batch_size, c["kv_heads"], c["pre_seq_len"], c["head_dim"])
+        return [(prefix[2 * i].expand(shape), prefix[2 * i + 1].expand(shape)) for i in range(c["num_layers"])]
+
+
+class _PrefixLayer(DynamicLayer):
+    """A cache layer pre-filled with the prefix; read-only during training, growing during generation."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, read_only: bool):
+        super().__init__()
+        self.keys, self.values, self.read_only = keys, values, read_only
+        self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys, values = torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
+        if not self.read_only:
+            self.keys, self.values = keys, values
+        return keys, values
+
+
+def prefix_cache(past: list[tuple[torch.Tensor, torch.Tensor]], read_only: bool) -> Cache:
+    return Cache(layers=[_PrefixLayer(k, v, read_only) for k, v in past])
+
+
+class PrefixModel(nn.Module):
+    """A frozen causal LM driven by a trained :class:`PrefixEncoder`.
+
+    ``forward`` takes the usual batch; real tokens get positions 0, 1, ... (left padding respected) and attend to
+    the whole prefix. ``generate`` is a small greedy / top-p loop with the same positions, since transformers'
+    ``generate`` would number real tokens after the prefix.
+    """
+
+    def __init__(self, base_model, prefix_encoder: PrefixEncoder):
+        super().__init__()
+        self.base_model, self.prefix_encoder = base_model, prefix_encoder
+        self.config = base_model.config
+        base_model.requires_grad_(False)
+        for module in base_model.modules():
+            if hasattr(module, "_can_checkpoint_with_cache"):
+                module._can_checkpoint_with_cache = True  # our prefix cache is only read, so replay is exact
+
+    @property
+    def pre_seq_len(self) -> int:
+        return self.prefix_encoder.config["pre_seq_len"]
+
+    def _inputs(self, input_ids, attention_mask, read_only: bool) -> dict:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        batch = input_ids.shape[0]
+        past = self.prefix_encoder(batch, self.base_model.get_input_embeddings().weight.dtype)
+        prefix_mask = attention_mask.new_ones(batch, self.pre_seq_len)
+        return {"input_ids": input_ids, "attention_mask": torch.cat([prefix_mask, attention_mask], -1),
+                "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0),
+                "past_key_values": prefix_cache(past, read_only)}
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        kwargs.pop("position_ids", None)
+        return self.base_model(**self._inputs(input_ids, attention_mask, read_only=True), use_cache=False, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 64, eos_token_id=None,
+                 pad_token_id=0, do_sample: bool = False, temperature=None, top_p=None, **_):
+        """Greedy (or temperature / top-p sampling) decoding; returns prompt + new tokens like ``generate``."""
+        inputs = self._inputs(input_ids, attention_mask, read_only=False)
+        cache, mask = inputs["past_key_values"], inputs["attention_mask"]
+        positions = inputs["position_ids"][:, -1:]
+        logits = self.base_model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        tokens = []
+        for _ in range(max_new_tokens):
+            token = _pick(logits.float(), do_sample, temperature, top_p)
+            token = torch.where(done, torch.full_like(token, pad_token_id), token)
+            tokens.append(token)
+            if eos_token_id is not None:
+                done |= token == eos_token_id
+            if bool(done.all()):
+                break
+            mask, positions = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], -1), positions + 1
+            logits = self.base_model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
+                                     past_key_values=cache, use_cache=True).logits[:, -1]
+        return torch.cat([input_ids, torch.stack(tokens, 1)], 1)
+
+    # Trainer turns checkpointing on through these.
+    def activation_checkpointing_enable(self, **kwargs):
+        self.base_model.activation_checkpointing_enable(**kwargs)
+
+    def activation_checkpointing_disable(self):
+        self.base_model.activation_checkpointing_disable()
+
+    def get_input_embeddings(self):
+        return self.base_model.get_input_embeddings()
+
+    def save_prefix(self, directory: str | Path) -> None:
+        """Write only the prefix encoder (safetensors) and its shape; the base model is unchanged."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.prefix_encoder.state_dict().items()}
+        save_file(state, directory / PREFIX_WEIGHTS)
+        config = {**self.prefix_encoder.config, "base_model_name_or_path": str(self.config._name_or_path)}
+        (directory / PREFIX_CONFIG).write_text(json.dumps(config, indent=2))
+
+
+def _pick(logits, do_sample, temperature, top_p):
+    if not do_sample:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / (temperature or 1.0), -1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs * keep)
+    return torch.multinomial(probs, 1).squeeze(-1)
+
+
+def prefix_encoder_for(config, spec) -> PrefixEncoder:
+    """A prefix encoder sized for a transformers model config (grouped / multi-query attention included)."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return PrefixEncoder(spec.pre_seq_len, config.num_hidden_layers, kv_heads, head_dim, spec.prefix_projection,
+                         spec.prefix_hidden_size or config.hidden_size, spec.prefix_dropout)
+
+
+def apply_ptuning(model, spec, family) -> PrefixModel:
+    encoder = prefix_encoder_for(model.config, spec).to(model.get_input_embeddings().weight.device)
+    return PrefixModel(model, encoder)
+
+
+def load_prefix_model(base_model, directory: str | Path) -> PrefixModel:
+    """Base model + a saved prefix (ours, or ChatGLM2's official ``pytorch_model.bin`` layout)."""
+    from .ptuning_io import read_prefix
+
+    config, state = read_prefix(directory, base_model.config)
+    encoder = PrefixEncoder(**config)
+    encoder.load_state_dict(state)
+    return PrefixModel(base_model, encoder.to(base_model.get_input_embeddings().weight.device)).eval()
