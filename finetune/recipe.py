@@ -15,16 +15,38 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
 __all__ = [
-    "ModelSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec", "EvalSpec", "Recipe",
+    "ModelSpec", "QuantSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec", "EvalSpec", "Recipe",
     "RecipeError", "apply_overrides", "recipe_to_dict",
 ]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-DATA_FORMATS = ("alpaca", "adgen", "sharegpt", "firefly", "messages")
+DATA_FORMATS = ("alpaca", "adgen", "sharegpt", "firefly", "messages", "text")
 
 
 class RecipeError(ValueError):
     """A recipe field or override is wrong; the message names the field and says what to do."""
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """4-bit loading of the frozen base through bitsandbytes (QLoRA's NF4 settings by default)."""
+
+    quant_type: str = "nf4"
+    """``nf4`` (normal-float, QLoRA's choice) or ``fp4``."""
+    double_quant: bool = True
+    """Quantise the quantisation constants too (saves ~0.4 bits per parameter)."""
+    compute_dtype: str = "auto"
+    """Dtype of the matmuls on dequantised blocks: ``auto`` is bfloat16 on GPUs with bf16, float32 otherwise."""
+    allow_float16: bool = False
+    """float16 compute with a 4-bit base overflows (loss 0 or NaN) in practice; refused unless set."""
+
+    def __post_init__(self):
+        _check_choice("model.quantization.quant_type", self.quant_type, ("nf4", "fp4"))
+        _check_choice("model.quantization.compute_dtype", self.compute_dtype, DTYPES)
+        if self.compute_dtype == "float16" and not self.allow_float16:
+            raise RecipeError("model.quantization.compute_dtype=float16 with a 4-bit base is known to drive the loss to "
+                              "0 or NaN; use bfloat16 (GPUs since Ampere) or float32, or set "
+                              "model.quantization.allow_float16=true to force it.")
 
 
 @dataclass(frozen=True)
@@ -39,6 +61,12 @@ class ModelSpec:
     """Weights dtype; ``auto`` is bfloat16 on a GPU that supports it, float32 on CPU."""
     max_length: int = 512
     """Longest tokenized example (prompt + answer); longer ones are truncated and counted."""
+    quantization: Optional[QuantSpec] = None
+    """Load the base in 4 bits (QLoRA = LoRA + this; also works under P-Tuning v2)."""
+    rope_scaling: Optional[str] = None
+    """``linear`` (position interpolation) or ``dynamic`` (NTK) RoPE scaling, to train past the native window."""
+    rope_factor: float = 1.0
+    """Scaling factor: the usable window becomes native window x factor."""
     trust_remote_code: bool = False
     """Run code shipped with the checkpoint. Off by default: a checkpoint folder is untrusted input."""
 
@@ -46,6 +74,10 @@ class ModelSpec:
         _check_choice("model.dtype", self.dtype, DTYPES)
         if self.max_length < 8:
             raise RecipeError(f"model.max_length={self.max_length} is too small; use at least 8 tokens.")
+        if self.rope_scaling is not None:
+            _check_choice("model.rope_scaling", self.rope_scaling, ("linear", "dynamic"))
+            if self.rope_factor <= 1.0:
+                raise RecipeError(f"model.rope_factor={self.rope_factor} must be > 1 when rope_scaling is set.")
 
 
 @dataclass(frozen=True)
@@ -55,7 +87,7 @@ class DataSpec:
     train: str = ""
     """Training file (JSON or JSONL)."""
     format: str = "alpaca"
-    """Record layout: alpaca, adgen, sharegpt, firefly or messages (see README, "Data formats")."""
+    """Record layout: alpaca, adgen, sharegpt, firefly, messages or text (see README, "Data formats")."""
     template: str = "auto"
     """Prompt template name; ``auto`` takes the model family's default."""
     eval: str = ""
@@ -68,6 +100,8 @@ class DataSpec:
     """adgen format: the field holding the prompt."""
     response_column: str = "summary"
     """adgen format: the field holding the answer."""
+    text_column: str = "text"
+    """text format: the field holding a plain text, trained on in full (TRL's ``dataset_text_field``)."""
 
     def __post_init__(self):
         _check_choice("data.format", self.format, DATA_FORMATS)
@@ -88,6 +122,8 @@ class LoraSpec:
     """Dropout on the adapter's input."""
     target_modules: Optional[tuple[str, ...]] = None
     """Module names to adapt; ``None`` takes the family's default (all linear layers of the blocks)."""
+    use_dora: bool = False
+    """DoRA: learn a magnitude per output and a LoRA direction (peft's ``use_dora``)."""
 
     def __post_init__(self):
         if self.r <= 0:
@@ -213,8 +249,11 @@ def recipe_from_dict(data: Mapping[str, Any]) -> Recipe:
     method_cls = {cls.name: cls for cls in typing.get_args(MethodSpec)}[method.pop("name")]
     if method.get("target_modules") is not None:
         method["target_modules"] = tuple(method["target_modules"])
+    model = dict(data["model"])
+    if model.get("quantization") is not None:
+        model["quantization"] = QuantSpec(**model["quantization"])
     return Recipe(
-        name=data["name"], model=ModelSpec(**data["model"]), data=DataSpec(**data["data"]),
+        name=data["name"], model=ModelSpec(**model), data=DataSpec(**data["data"]),
         method=method_cls(**method), training=TrainingSpec(**data["training"]), eval=EvalSpec(**data["eval"]),
     )
 
@@ -222,7 +261,8 @@ def recipe_from_dict(data: Mapping[str, Any]) -> Recipe:
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     """Apply ``section.key=value`` strings, each parsed and type-checked against the field it sets.
 
-    ``training.<any TrainingArguments field>=value`` lands in ``training.extra`` when it is not a named field.
+    Nested specs take longer paths (``model.quantization.quant_type=fp4``); ``model.quantization=none`` removes
+    one. ``training.<any TrainingArguments field>=value`` lands in ``training.extra`` when it is not a named field.
 
     Raises:
         RecipeError: on an unknown key (naming the nearest valid ones) or a value of the wrong type.
@@ -231,23 +271,33 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
             raise RecipeError(f"Override {item!r} must look like section.key=value, e.g. training.learning_rate=1e-4")
-        section, name = key.split(".", 1)
-        sections = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe) if f.name != "name"}
-        if section not in sections:
+        section = key.split(".", 1)[0]
+        if section == "name" or section not in {f.name for f in dataclasses.fields(recipe)}:
+            sections = [f.name for f in dataclasses.fields(recipe) if f.name != "name"]
             raise RecipeError(f"Unknown recipe section {section!r}{_suggest(section, sections)}")
-        spec = sections[section]
-        names = {f.name: f for f in dataclasses.fields(spec) if f.name != "extra"}
-        if name in names:
-            value = _parse(key, raw, _field_type(type(spec), name))
-            spec = dataclasses.replace(spec, **{name: value})
-        elif section == "training" and name in _training_argument_names():
-            value = _parse(key, raw, _training_argument_type(name))
-            spec = dataclasses.replace(spec, extra={**spec.extra, name: value})
-        else:
-            candidates = list(names) + (sorted(_training_argument_names()) if section == "training" else [])
-            raise RecipeError(f"Unknown key {key!r}{_suggest(name, candidates, prefix=section + '.')}")
-        recipe = dataclasses.replace(recipe, **{section: spec})
+        recipe = _set(recipe, key.split("."), raw, key)
     return recipe
+
+
+def _set(spec: Any, path: list[str], raw: str, key: str) -> Any:
+    """A copy of ``spec`` with the field at ``path`` set from ``raw``."""
+    name = path[0]
+    names = {f.name for f in dataclasses.fields(spec) if f.name != "extra"}
+    if name not in names:
+        if isinstance(spec, TrainingSpec) and len(path) == 1 and name in _training_argument_names():
+            return dataclasses.replace(spec, extra={**spec.extra, name: _parse(key, raw, _training_argument_type(name))})
+        candidates = list(names) + (sorted(_training_argument_names()) if isinstance(spec, TrainingSpec) else [])
+        prefix = key[: len(key) - len(".".join(path))]
+        raise RecipeError(f"Unknown key {key!r}{_suggest(name, candidates, prefix=prefix)}")
+    annotation = _field_type(type(spec), name)
+    if len(path) == 1:
+        return dataclasses.replace(spec, **{name: _parse(key, raw, annotation)})
+    child = getattr(spec, name)
+    if child is None:  # an unset optional spec: start from its defaults
+        child = next(a for a in typing.get_args(annotation) if dataclasses.is_dataclass(a))()
+    if not dataclasses.is_dataclass(child):
+        raise RecipeError(f"{key!r}: {'.'.join(key.split('.')[:-len(path) + 1])} has no sub-fields.")
+    return dataclasses.replace(spec, **{name: _set(child, path[1:], raw, key)})
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -284,12 +334,12 @@ def _parse(key: str, raw: str, annotation: Any) -> Any:
         if raw.lower() in ("none", "null") and type(None) in args:
             return None
         errors = []
-        for arg in (a for a in args if a is not type(None)):
+        for arg in (a for a in args if a is not type(None) and not dataclasses.is_dataclass(a)):
             try:
                 return _parse(key, raw, arg)
             except RecipeError as err:
                 errors.append(str(err))
-        raise RecipeError(errors[-1] if errors else f"{key}: cannot parse {raw!r}")
+        raise RecipeError(errors[-1] if errors else f"{key}={raw!r}: set its fields ({key}.<field>=...) or none.")
     if origin in (tuple, list):
         items = tuple(part.strip() for part in raw.split(",") if part.strip())
         return items if origin is tuple else list(items)

@@ -222,6 +222,8 @@ for _template in [
         default_system=("A chat between a curious user and an artificial intelligence assistant. The assistant "
                         "gives helpful, detailed, and polite answers to the user's questions."),
         user="USER: {content} ASSISTANT:"),
+    # Plain text (format "text"): the whole text is the answer, as in TRL's dataset_text_field examples.
+    Template(name="text", user="{content}"),
     # Firefly's multi-turn layout: <s>input1</s>target1</s>input2</s>target2</s>
     Template(name="firefly", user="{content}{eos}"),
     Template(

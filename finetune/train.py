@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments, set_seed
+from transformers import AutoModelForCausalLM, TrainingArguments, set_seed
 
 from .collators import PaddingCollator
 from .data import LabelAudit, build_datasets, show_example
 from .generate import generate, prompt_messages
 from .methods import apply_method, count_parameters
-from .models import load_model, load_tokenizer, resolve_family, resolve_model_path
+from .models import check_context_window, load_config, load_model, load_tokenizer, resolve_family, resolve_model_path
 from .recipe import Recipe, TrainingSpec
 from .templates import get_template
 from .trainers import SFTTrainer, trainer_class
@@ -43,6 +43,7 @@ def train(recipe: Recipe, dry_run: bool = False) -> RunResult:
     set_seed(recipe.training.seed)
     path = resolve_model_path(recipe.model.path)
     family = resolve_family(recipe.model, path)
+    check_context_window(load_config(path, family, recipe.model), recipe.model)  # fail before any tokenizing
     tokenizer = load_tokenizer(path, family, recipe.model.trust_remote_code)
     template = get_template(family.template if recipe.data.template == "auto" else recipe.data.template)
     logger.info("Model %s (family %s), template %s", path, family.name, template.name)
@@ -112,14 +113,8 @@ def training_arguments(spec: TrainingSpec, output_dir: Path) -> TrainingArgument
 
 def _skeleton(path: Path, family, recipe: Recipe):
     """The model's architecture on the meta device: parameter counts without reading any weights."""
-    if family.name == "chatglm2" and json.loads((path / "config.json").read_text()).get("model_type") == "chatglm":
-        from .models.chatglm2 import convert_config
-
-        config = convert_config(json.loads((path / "config.json").read_text()))
-    else:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=recipe.model.trust_remote_code)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(load_config(path, family, recipe.model))
 
 
 def _held_out(trainer: SFTTrainer, tokenizer, template, samples: list, recipe: Recipe) -> tuple[float, list[str]]:

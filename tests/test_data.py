@@ -86,6 +86,7 @@ def test_truncation_keeps_whole_turns_and_counts_what_it_cut(tokenizer):
      [("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2")]),
     ("messages", {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]},
      [("user", "Q"), ("assistant", "A")]),
+    ("text", {"text": "Plain text."}, [("assistant", "Plain text.")]),
 ])
 def test_readers_normalise_each_format(tmp_path, fmt, record, expected):
     conversations = read_examples(write_jsonl(tmp_path / "d.jsonl", [record]), fmt).conversations
@@ -150,3 +151,10 @@ def test_template_prefix_uses_the_tokenizers_own_special_tokens(tokenizer):
                  [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])
     assert got["input_ids"] == tokenizer("Q: x\nA: ", add_special_tokens=False).input_ids + \
         tokenizer("y", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+
+
+def test_text_format_trains_on_the_whole_text(tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "Plain text to learn."}])
+    got = encode(tokenizer, get_template("text"), read_examples(path, "text").conversations[0])
+    expected = tokenizer("Plain text to learn.", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    assert got["input_ids"] == expected and got["labels"] == expected

@@ -128,5 +128,5 @@ def test_unknown_template_lists_known_ones():
 
 def test_every_template_renders_a_supervised_answer():
     for name in template_names():
-        if name != "tokenizer":
+        if name not in ("tokenizer", "text"):
             assert supervised(name, ONE_TURN), name

@@ -30,6 +30,10 @@ def main() -> None:
     for name, part in (("train.jsonl", records[:360]), ("eval.jsonl", records[360:])):
         with open(out / name, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in part)
+    # The same facts as plain sentences, for the text-format recipes (TRL's dataset_text_field style).
+    with open(out / "text.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps({"text": f"{r['input']} is U+{ord(r['input']):04X}, {r['output']}."},
+                                     ensure_ascii=False) + "\n" for r in records[:360])
     print(f"unicodedata {unicodedata.unidata_version}: {len(records)} records")
 
 

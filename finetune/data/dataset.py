@@ -65,7 +65,8 @@ def build_datasets(spec: DataSpec, tokenizer, template, max_length: int, seed: i
 
 def _tokenized(spec: DataSpec, path: str, encoder: Encoder, skipped: Counter, prefix: str = ""):
     read: ReadResult = read_examples(path, spec.format, prompt_column=spec.prompt_column,
-                                     response_column=spec.response_column, system=spec.system)
+                                     response_column=spec.response_column, text_column=spec.text_column,
+                                     system=spec.system)
     for reason, count in read.skipped.items():
         skipped[prefix + reason] += count
     if not read.conversations:
@@ -93,7 +94,8 @@ def _cache_key(spec: DataSpec, path: str, encoder: Encoder) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     options = {
-        "format": spec.format, "columns": [spec.prompt_column, spec.response_column], "system": spec.system,
+        "format": spec.format, "columns": [spec.prompt_column, spec.response_column, spec.text_column],
+        "system": spec.system,
         "template": encoder.template.to_dict(), "max_length": encoder.max_length, "version": ENCODER_VERSION,
         "tokenizer": _tokenizer_fingerprint(encoder.tokenizer),
     }

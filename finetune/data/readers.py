@@ -70,17 +70,20 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, int, dict]]:
 
 
 def read_examples(path: str | Path, fmt: str, *, prompt_column: str = "content",
-                  response_column: str = "summary", system: str | None = None) -> ReadResult:
+                  response_column: str = "summary", text_column: str = "text",
+                  system: str | None = None) -> ReadResult:
     """Read one file in format ``fmt`` into conversations.
 
     Args:
         path: JSON or JSONL file.
-        fmt: ``alpaca``, ``adgen``, ``sharegpt``, ``firefly`` or ``messages``.
+        fmt: ``alpaca``, ``adgen``, ``sharegpt``, ``firefly``, ``messages`` or ``text``.
         prompt_column, response_column: field names for ``adgen``.
+        text_column: field name for ``text`` (the whole text is one supervised answer, with no prompt).
         system: system prompt for records that carry none (``None`` leaves it to the template).
     """
     convert = {"alpaca": _alpaca, "sharegpt": _sharegpt, "firefly": _firefly, "messages": _messages,
-               "adgen": lambda where, r: _adgen(where, r, prompt_column, response_column)}[fmt]
+               "adgen": lambda where, r: _adgen(where, r, prompt_column, response_column),
+               "text": lambda where, r: [{"role": "assistant", "content": _text(where, r, text_column)}]}[fmt]
     result = ReadResult(str(path))
     for where, number, record in iter_records(path):
         messages = convert(where, record)

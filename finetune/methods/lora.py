@@ -1,7 +1,10 @@
-"""LoRA through peft: the base is frozen, low-rank updates train on the chosen linear layers."""
+"""LoRA (and DoRA) through peft: the base is frozen, low-rank updates train on the chosen linear layers.
+
+QLoRA is this same method over a base loaded in 4 bits (``model.quantization``), as in torchtune.
+"""
 from __future__ import annotations
 
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
 __all__ = ["apply_lora", "lora_config"]
 
@@ -9,9 +12,13 @@ __all__ = ["apply_lora", "lora_config"]
 def lora_config(spec, family) -> LoraConfig:
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM, r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-        target_modules=list(spec.target_modules or family.lora_targets),
+        target_modules=list(spec.target_modules or family.lora_targets), use_dora=spec.use_dora,
     )
 
 
 def apply_lora(model, spec, family):
+    """LoRA on the model; on a 4-bit base this is QLoRA (norms and head upcast to fp32 by peft's preparation)."""
+    if getattr(model, "is_loaded_in_4bit", False):
+        # Checkpointing is the Trainer's job (training.activation_checkpointing), not peft's default here.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return get_peft_model(model, lora_config(spec, family))

@@ -11,6 +11,7 @@ The encoder's layout is ChatGLM2's (``embedding``, ``trans.0``, ``trans.2``), so
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -87,6 +88,9 @@ class PrefixModel(nn.Module):
         super().__init__()
         self.base_model, self.prefix_encoder = base_model, prefix_encoder
         self.config = base_model.config
+        # transformers 5.x renamed the forward's ``past_key_values`` to ``cache`` (the old name warns).
+        parameters = inspect.signature(base_model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         base_model.requires_grad_(False)
         for module in base_model.modules():
             if hasattr(module, "_can_checkpoint_with_cache"):
@@ -104,7 +108,7 @@ class PrefixModel(nn.Module):
         prefix_mask = attention_mask.new_ones(batch, self.pre_seq_len)
         return {"input_ids": input_ids, "attention_mask": torch.cat([prefix_mask, attention_mask], -1),
                 "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0),
-                "past_key_values": prefix_cache(past, read_only)}
+                self._cache_kwarg: prefix_cache(past, read_only)}
 
     def forward(self, input_ids, attention_mask=None, **kwargs):
         kwargs.pop("position_ids", None)
@@ -115,7 +119,7 @@ class PrefixModel(nn.Module):
                  pad_token_id=0, do_sample: bool = False, temperature=None, top_p=None, **_):
         """Greedy (or temperature / top-p sampling) decoding; returns prompt + new tokens like ``generate``."""
         inputs = self._inputs(input_ids, attention_mask, read_only=False)
-        cache, mask = inputs["past_key_values"], inputs["attention_mask"]
+        cache, mask = inputs[self._cache_kwarg], inputs["attention_mask"]
         positions = inputs["position_ids"][:, -1:]
         logits = self.base_model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1]
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -130,7 +134,7 @@ class PrefixModel(nn.Module):
                 break
             mask, positions = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], -1), positions + 1
             logits = self.base_model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                                     past_key_values=cache, use_cache=True).logits[:, -1]
+                                     use_cache=True, **{self._cache_kwarg: cache}).logits[:, -1]
         return torch.cat([input_ids, torch.stack(tokens, 1)], 1)
 
     # Trainer turns checkpointing on through these.

@@ -1,8 +1,17 @@
 """Model families, the embedded default model and loading."""
 from .embedded import EMBEDDED_MODELS, embedded_model_path
 from .family import Family, detect_family, family_names, get_family, register_family
-from .loading import ModelNotFoundError, load_model, load_tokenizer, resolve_dtype, resolve_family, resolve_model_path
+from .loading import (
+    ModelNotFoundError,
+    check_context_window,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_family,
+    resolve_model_path,
+)
 
 __all__ = ["EMBEDDED_MODELS", "Family", "ModelNotFoundError", "detect_family", "embedded_model_path",
-           "family_names", "get_family", "load_model", "load_tokenizer", "register_family", "resolve_dtype",
+           "family_names", "get_family", "check_context_window", "load_config", "load_model", "load_tokenizer", "register_family", "resolve_dtype",
            "resolve_family", "resolve_model_path"]

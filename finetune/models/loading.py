@@ -12,7 +12,7 @@ from .embedded import embedded_model_path, is_embedded
 from .family import Family, detect_family, get_family
 
 __all__ = ["ModelNotFoundError", "resolve_model_path", "resolve_family", "load_tokenizer", "load_model",
-           "resolve_dtype"]
+           "resolve_dtype", "load_config", "native_window", "check_context_window"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +83,92 @@ def load_tokenizer(path: Path, family: Family, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(path: Path, family: Family, spec: ModelSpec, **kwargs):
-    """Load the base model (``kwargs`` go to ``from_pretrained``, e.g. ``quantization_config``)."""
+def load_model(path: Path, family: Family, spec: ModelSpec, quantize: bool = True, **kwargs):
+    """Load the base model as the recipe says: dtype, 4-bit quantisation, RoPE scaling.
+
+    Args:
+        quantize: honour ``spec.quantization``; ``False`` loads the same base unquantised (merging, baselines).
+        kwargs: passed to ``from_pretrained``.
+    """
     dtype = resolve_dtype(spec.dtype)
+    if spec.quantization is not None and quantize:
+        kwargs.update(quantization_config=_bnb_config(spec.quantization), device_map={"": _device()})
+        dtype = resolve_dtype(spec.quantization.compute_dtype)
     if family.name == "chatglm2" and _config(path).get("model_type") == "chatglm":
         from .chatglm2 import load_chatglm2
 
-        return load_chatglm2(path, dtype=dtype, **kwargs)
+        return _with_rope(load_chatglm2(path, dtype=dtype, **kwargs), spec)
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=spec.trust_remote_code,
-                                                **kwargs)
+    config = load_config(path, family, spec)
+    check_context_window(config, spec)
+    if spec.rope_scaling:
+        config.rope_parameters = rope_parameters(config, spec)
+    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype,
+                                                trust_remote_code=spec.trust_remote_code, **kwargs)
+
+
+def load_config(path: Path, family: Family, spec: ModelSpec):
+    """The transformers config of the base model (an original ChatGLM2 config is converted)."""
+    if family.name == "chatglm2" and _config(path).get("model_type") == "chatglm":
+        from .chatglm2 import convert_config
+
+        return convert_config(_config(path))
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+
+
+def native_window(config) -> int | None:
+    """The context length the model was trained with, under whichever name its config uses."""
+    for name in ("max_position_embeddings", "n_positions", "seq_length"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    return None
+
+
+def check_context_window(config, spec: ModelSpec) -> None:
+    """Refuse a max_length past the native window unless RoPE scaling stretches the window far enough."""
+    window = native_window(config)
+    if window is None or spec.max_length <= window:
+        return
+    if not spec.rope_scaling:
+        raise ValueError(f"model.max_length={spec.max_length} exceeds the model's native window of {window} tokens; "
+                         f"lower it, or set model.rope_scaling=linear (or dynamic) with "
+                         f"model.rope_factor>={spec.max_length / window:.2f}.")
+    if getattr(config, "model_type", "") == "opt":
+        raise ValueError("OPT uses learned absolute positions: RoPE scaling cannot extend its window.")
+    if spec.max_length > window * spec.rope_factor:
+        raise ValueError(f"model.max_length={spec.max_length} exceeds native window {window} x rope_factor "
+                         f"{spec.rope_factor}; raise model.rope_factor to >= {spec.max_length / window:.2f}.")
+
+
+def rope_parameters(config, spec: ModelSpec) -> dict:
+    """transformers 5's ``rope_parameters`` with the recipe's scaling added (theta and partial factor kept)."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    params.update(rope_type=spec.rope_scaling, factor=spec.rope_factor)
+    if spec.rope_scaling == "dynamic":
+        params.setdefault("original_max_position_embeddings", native_window(config))
+    return params
+
+
+def _with_rope(model, spec: ModelSpec):
+    check_context_window(model.config, spec)
+    if spec.rope_scaling:  # a converted ChatGLM2 is built in memory: rebuild its rotary tables, scaled
+        model.config.rope_parameters = rope_parameters(model.config, spec)
+        rotary = model.model.rotary_emb
+        fresh = type(rotary)(config=model.config)
+        model.model.rotary_emb = fresh.to(rotary.inv_freq.device)
+    return model
+
+
+def _device() -> str:
+    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+
+
+def _bnb_config(quant):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
+                              bnb_4bit_use_double_quant=quant.double_quant,
+                              bnb_4bit_compute_dtype=resolve_dtype(quant.compute_dtype))
