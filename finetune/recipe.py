@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
 __all__ = [
-    "ModelSpec", "QuantSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec", "EvalSpec", "Recipe",
+    "ModelSpec", "QuantSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec",
+    "EvalSpec", "Recipe",
     "RecipeError", "apply_overrides", "recipe_to_dict",
 ]
 
@@ -44,8 +45,8 @@ class QuantSpec:
         _check_choice("model.quantization.quant_type", self.quant_type, ("nf4", "fp4"))
         _check_choice("model.quantization.compute_dtype", self.compute_dtype, DTYPES)
         if self.compute_dtype == "float16" and not self.allow_float16:
-            raise RecipeError("model.quantization.compute_dtype=float16 with a 4-bit base is known to drive the loss to "
-                              "0 or NaN; use bfloat16 (GPUs since Ampere) or float32, or set "
+            raise RecipeError("model.quantization.compute_dtype=float16 with a 4-bit base is known to drive the "
+                              "loss to 0 or NaN; use bfloat16 (GPUs since Ampere) or float32, or set "
                               "model.quantization.allow_float16=true to force it.")
 
 
@@ -285,7 +286,8 @@ def _set(spec: Any, path: list[str], raw: str, key: str) -> Any:
     names = {f.name for f in dataclasses.fields(spec) if f.name != "extra"}
     if name not in names:
         if isinstance(spec, TrainingSpec) and len(path) == 1 and name in _training_argument_names():
-            return dataclasses.replace(spec, extra={**spec.extra, name: _parse(key, raw, _training_argument_type(name))})
+            value = _parse(key, raw, _training_argument_type(name))
+            return dataclasses.replace(spec, extra={**spec.extra, name: value})
         candidates = list(names) + (sorted(_training_argument_names()) if isinstance(spec, TrainingSpec) else [])
         prefix = key[: len(key) - len(".".join(path))]
         raise RecipeError(f"Unknown key {key!r}{_suggest(name, candidates, prefix=prefix)}")

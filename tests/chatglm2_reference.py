@@ -11,6 +11,12 @@ that it shares no code (and no mistakes) with ``finetune.models.chatglm2`` or tr
 * causal attention where pad keys (attention mask 0) are never attended;
 * SwiGLU: ``dense_h_to_4h`` gives ``[gate | up]``, the output is ``dense_4h_to_h(silu(gate) * up)``;
 * no tied embeddings: ``output_layer`` is separate.
+
+P-Tuning v2 as ChatGLM2's own code does it (``ChatGLMModel.get_prompt`` and ``forward``), also written apart from
+``finetune.methods.ptuning``: the prefix encoder's output (batch, pre_seq_len, layers*2*groups*head_dim) is viewed
+as (batch, pre_seq_len, layers*2, groups, head_dim) and split per layer into a key and a value, which go in front
+of that layer's keys and values *without* rotary embeddings; the attention mask gets pre_seq_len ones in front, and
+the real tokens' positions still start at 0.
 """
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["chatglm2_config", "chatglm2_forward", "random_chatglm2_state_dict", "write_chatglm2_checkpoint"]
+__all__ = ["chatglm2_config", "chatglm2_forward", "chatglm2_prefix", "random_chatglm2_state_dict",
+           "write_chatglm2_checkpoint"]
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -38,9 +45,28 @@ def _rotate_pairs(x: torch.Tensor, positions: torch.Tensor, base: float) -> torc
     return torch.cat([rotated.to(x.dtype), x[..., rot:]], dim=-1)
 
 
+def chatglm2_prefix(prefix_sd: dict, batch: int) -> torch.Tensor:
+    """ChatGLM2's ``PrefixEncoder`` output (B, pre_seq_len, layers*2*groups*head_dim) from its official weights.
+
+    ``prefix_sd`` holds ``transformer.prefix_encoder.embedding.weight`` and, when trained with
+    ``prefix_projection``, ``trans.0.*`` / ``trans.2.*`` (Linear -> Tanh -> Linear); the prefix tokens are
+    ``0 .. pre_seq_len - 1``, as ``ChatGLMModel.prefix_tokens``.
+    """
+    p = "transformer.prefix_encoder."
+    prefix = prefix_sd[p + "embedding.weight"][None].expand(batch, -1, -1)  # prefix_tokens = 0 .. pre_seq_len - 1
+    if p + "trans.0.weight" in prefix_sd:
+        hidden = torch.tanh(prefix @ prefix_sd[p + "trans.0.weight"].T + prefix_sd[p + "trans.0.bias"])
+        prefix = hidden @ prefix_sd[p + "trans.2.weight"].T + prefix_sd[p + "trans.2.bias"]
+    return prefix
+
+
 def chatglm2_forward(sd: dict, cfg: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                     position_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits (B, T, padded_vocab_size) of a ChatGLM2 model given its own state dict and config.json dict."""
+                     position_ids: torch.Tensor | None = None, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (B, T, padded_vocab_size) of a ChatGLM2 model given its own state dict and config.json dict.
+
+    ``prefix`` is a P-Tuning v2 prefix encoder's output (B, pre_seq_len, layers*2*groups*head_dim), e.g. from
+    :func:`chatglm2_prefix`; ``position_ids`` default to ``0 .. T-1`` with or without it, as in ChatGLM2.
+    """
     batch, length = input_ids.shape
     heads, d = cfg["num_attention_heads"], cfg["kv_channels"]
     groups = cfg["multi_query_group_num"] if cfg.get("multi_query_attention") else heads
@@ -51,6 +77,12 @@ def chatglm2_forward(sd: dict, cfg: dict, input_ids: torch.Tensor, attention_mas
         position_ids = torch.arange(length).expand(batch, length)
     allowed = torch.ones(length, length).tril().bool()[None] & attention_mask.bool()[:, None, :]  # (B, Tq, Tk)
     allowed |= torch.eye(length, dtype=torch.bool)[None]  # pad queries see themselves: no all-masked rows
+    past = None
+    if prefix is not None:
+        pre_seq_len = prefix.shape[1]
+        # get_prompt: view, then permute to (layers*2, P, B, groups, d) and split(2): per layer [key, value].
+        past = prefix.view(batch, pre_seq_len, cfg["num_layers"] * 2, groups, d).permute(2, 1, 0, 3, 4).split(2)
+        allowed = torch.cat([torch.ones(batch, length, pre_seq_len, dtype=torch.bool), allowed], dim=-1)
 
     x = sd["transformer.embedding.word_embeddings.weight"][input_ids]
     for i in range(cfg["num_layers"]):
@@ -61,6 +93,9 @@ def chatglm2_forward(sd: dict, cfg: dict, input_ids: torch.Tensor, attention_mas
         q = _rotate_pairs(q.reshape(batch, length, heads, d), position_ids, base)
         k = _rotate_pairs(k.reshape(batch, length, groups, d), position_ids, base)
         v = v.reshape(batch, length, groups, d)
+        if past is not None:  # ChatGLM2's kv_cache layout is (P, B, groups, d); the prefix keys are not rotated
+            k = torch.cat([past[i][0].transpose(0, 1), k], dim=1)
+            v = torch.cat([past[i][1].transpose(0, 1), v], dim=1)
         group_of_head = torch.arange(heads) // (heads // groups)
         k, v = k[:, :, group_of_head], v[:, :, group_of_head]  # (B, T, heads, d)
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d)

@@ -13,5 +13,6 @@ from .loading import (
 )
 
 __all__ = ["EMBEDDED_MODELS", "Family", "ModelNotFoundError", "detect_family", "embedded_model_path",
-           "family_names", "get_family", "check_context_window", "load_config", "load_model", "load_tokenizer", "register_family", "resolve_dtype",
+           "family_names", "get_family", "check_context_window", "load_config", "load_model", "load_tokenizer",
+           "register_family", "resolve_dtype",
            "resolve_family", "resolve_model_path"]
