@@ -8,7 +8,7 @@ import torch
 
 from .data.tokenize import IGNORE_INDEX
 
-__all__ = ["PaddingCollator"]
+__all__ = ["PaddingCollator", "PaddingFreeCollator"]
 
 
 @dataclass
@@ -44,3 +44,25 @@ class PaddingCollator:
             for key, (real, pad) in rows.items():
                 batch[key].append(real + pad if self.padding_side == "right" else pad + real)
         return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items() if v}
+
+
+@dataclass
+class PaddingFreeCollator:
+    """Concatenate a batch into one row with ``position_ids`` restarting at 0 for each example: no padding at all.
+
+    transformers turns restarting position ids into a block-diagonal attention mask (SDPA) or variable-length
+    kernels (flash-attention), so examples never attend to each other and the loss equals the padded batch's.
+    The first label of every example is set to -100: in a padded batch position 0 is never a target either, and
+    here it would otherwise be predicted from the previous example's last token. The number of optimiser steps
+    does not change (one batch is still ``per_device_train_batch_size`` examples).
+    """
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        input_ids, labels, positions = [], [], []
+        for feature in features:
+            ids = list(feature["input_ids"])
+            input_ids += ids
+            labels += [IGNORE_INDEX] + list(feature["labels"])[1:]
+            positions += range(len(ids))
+        return {"input_ids": torch.tensor([input_ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([positions])}

@@ -103,9 +103,14 @@ class DataSpec:
     """adgen format: the field holding the answer."""
     text_column: str = "text"
     """text format: the field holding a plain text, trained on in full (TRL's ``dataset_text_field``)."""
+    batching: str = "padded"
+    """``padded`` (right padding to the longest in the batch, to a multiple of 8), ``padding_free`` (examples
+    concatenated into one row, positions restarting at 0: no pad tokens computed), or ``group_by_length``
+    (padded batches of similar lengths, shuffled in mega-batches). See README, "Speed"."""
 
     def __post_init__(self):
         _check_choice("data.format", self.format, DATA_FORMATS)
+        _check_choice("data.batching", self.batching, ("padded", "padding_free", "group_by_length"))
         if not 0.0 <= self.eval_split < 1.0:
             raise RecipeError(f"data.eval_split={self.eval_split} must be in [0, 1).")
 
@@ -235,6 +240,9 @@ class Recipe:
             raise RecipeError(f"Recipe name {self.name!r} must be a short identifier (letters, digits, _ - .).")
         if not self.data.train:
             raise RecipeError("data.train is empty: set it to a JSON/JSONL file of examples.")
+        if self.data.batching == "padding_free" and self.method.name == "ptuning":
+            raise RecipeError("data.batching=padding_free does not combine with P-Tuning v2 (every packed example "
+                              "would need its own prefix); use padded or group_by_length.")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from transformers import AutoModelForCausalLM, TrainingArguments, set_seed
 
-from .collators import PaddingCollator
+from .collators import PaddingCollator, PaddingFreeCollator
 from .data import LabelAudit, build_datasets, show_example
 from .generate import generate, prompt_messages
 from .methods import apply_method, count_parameters
@@ -69,8 +69,8 @@ def train(recipe: Recipe, dry_run: bool = False) -> RunResult:
     logger.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     output_dir = Path(recipe.training.output_dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     trainer = trainer_class(recipe.method.name)(
-        model=model, args=training_arguments(recipe.training, output_dir), train_dataset=data.train,
-        eval_dataset=data.eval, data_collator=PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8),
+        model=model, args=training_arguments(recipe.training, output_dir, recipe.data.batching),
+        train_dataset=data.train, eval_dataset=data.eval, data_collator=_collator(recipe.data.batching, tokenizer),
         processing_class=tokenizer, template=template, recipe=recipe,
     )
     result = RunResult(output_dir)
@@ -93,7 +93,13 @@ def train(recipe: Recipe, dry_run: bool = False) -> RunResult:
     return result
 
 
-def training_arguments(spec: TrainingSpec, output_dir: Path) -> TrainingArguments:
+def _collator(batching: str, tokenizer):
+    if batching == "padding_free":
+        return PaddingFreeCollator()
+    return PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8)
+
+
+def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "padded") -> TrainingArguments:
     """``TrainingArguments`` from the recipe, with defaults that suit this framework.
 
     bf16 mixed precision on GPUs that have it, CPU otherwise; loss-only evaluation (full-vocabulary eval logits
@@ -105,7 +111,10 @@ def training_arguments(spec: TrainingSpec, output_dir: Path) -> TrainingArgument
         "use_cpu": not cuda, "bf16": cuda and torch.cuda.is_bf16_supported(), "prediction_loss_only": True,
         "remove_unused_columns": False, "label_names": ["labels"], "disable_tqdm": False,
         "activation_checkpointing_kwargs": {"use_reentrant": False} if spec.activation_checkpointing else None,
+        "length_column_name": "num_tokens",
     }
+    if batching == "group_by_length":
+        defaults["train_sampling_strategy"] = "group_by_length"
     accepted = {f.name for f in dataclasses.fields(TrainingArguments)}
     kwargs = {k: v for k, v in {**defaults, **fields, **spec.extra}.items() if k in accepted}
     return TrainingArguments(output_dir=str(output_dir), **kwargs)

@@ -69,7 +69,8 @@ class SFTTrainer(Trainer):
         inputs = dict(inputs)
         targets = inputs.pop("labels")[:, 1:]
         keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
-        outputs = model(**inputs, logits_to_keep=keep)
+        # use_cache=False: no cache is needed in training, and one would stop packed rows getting a block mask.
+        outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
         loss = causal_lm_loss(outputs.logits, targets[:, keep], self.args.label_smoothing_factor, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is already global

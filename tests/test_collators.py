@@ -35,3 +35,33 @@ def test_equivalent_to_data_collator_for_seq2seq(tokenizer):
     ours = PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8)(features)
     for key in ("input_ids", "attention_mask", "labels"):
         assert torch.equal(theirs[key], ours[key]), key
+
+
+def test_padding_free_concatenates_and_restarts_positions():
+    from finetune.collators import PaddingFreeCollator
+
+    batch = PaddingFreeCollator()(FEATURES)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100]]
+    assert "attention_mask" not in batch
+
+
+def test_padding_free_loss_equals_the_padded_loss(tiny_llama):
+    """Same examples, same model: the packed row's loss equals the padded batch's (no cross-contamination)."""
+    from transformers import AutoModelForCausalLM
+
+    from finetune.collators import PaddingFreeCollator
+    from finetune.trainers import causal_lm_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="sdpa").eval()
+    torch.manual_seed(0)
+    features = [{"input_ids": ids, "labels": [-100] * 3 + ids[3:]}
+                for ids in (torch.randint(5, 1000, (n,)).tolist() for n in (9, 17, 6, 12))]
+    losses = []
+    for batch in (PaddingCollator(pad_token_id=0)(features), PaddingFreeCollator()(features)):
+        labels = batch.pop("labels")
+        with torch.no_grad():
+            logits = model(**batch, use_cache=False).logits  # a cache would hide the packing from the mask
+        losses.append(causal_lm_loss(logits[:, :-1], labels[:, 1:]))
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
