@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 RECIPE ?= recipes/smollm2_lora.py
 
-.PHONY: install demo test test-slow quality style clean
+.PHONY: install demo demo-ptuning demo-qlora test test-slow quality style clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 demo: install  ## fine-tune the embedded SmolLM2 with LoRA and show before/after
 	$(PY) -m finetune.run $(RECIPE)
+
+demo-ptuning: install  ## P-Tuning v2 on the embedded SmolLM2 (frozen model, 16 trained virtual tokens)
+	$(PY) -m finetune.run recipes/smollm2_ptuning.py
+
+demo-qlora: install  ## LoRA over the 4-bit NF4 SmolLM2
+	$(PY) -m finetune.run recipes/smollm2_qlora.py
 
 test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer
 	$(PY) -m pytest -m "not slow" -q

@@ -43,6 +43,8 @@ class PaddingCollator:
                 rows["labels"] = (labels, [IGNORE_INDEX] * gap)
             for key, (real, pad) in rows.items():
                 batch[key].append(real + pad if self.padding_side == "right" else pad + real)
+        if "line" in features[0]:  # source line of each example, so a bad batch can be traced to the data file
+            batch["lines"] = [f["line"] for f in features]
         return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items() if v}
 
 
@@ -64,5 +66,8 @@ class PaddingFreeCollator:
             input_ids += ids
             labels += [IGNORE_INDEX] + list(feature["labels"])[1:]
             positions += range(len(ids))
-        return {"input_ids": torch.tensor([input_ids]), "labels": torch.tensor([labels]),
-                "position_ids": torch.tensor([positions])}
+        batch = {"input_ids": torch.tensor([input_ids]), "labels": torch.tensor([labels]),
+                 "position_ids": torch.tensor([positions])}
+        if "line" in features[0]:
+            batch["lines"] = torch.tensor([f["line"] for f in features])
+        return batch

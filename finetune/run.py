@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", help="recipe file, e.g. recipes/smollm2_lora.py")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.learning_rate=1e-4")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                        help="continue the run in training.output_dir (default: the newest runs/<name>-*) from its "
+                             "latest complete checkpoint, or from CHECKPOINT")
     parser.add_argument("--dry-run", action="store_true",
                         help="tokenize, audit labels and count trainable parameters, then exit without training")
     args = parser.parse_args(argv)
@@ -51,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     print("Resolved recipe:\n" + json.dumps(recipe_to_dict(recipe), indent=2, ensure_ascii=False))
     from .train import train  # heavy imports only after the recipe is known to be valid
 
-    train(recipe, dry_run=args.dry_run)
-    return 0
+    result = train(recipe, dry_run=args.dry_run, resume=args.resume)
+    return 130 if result.interrupted else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from transformers import AutoModelForCausalLM, TrainingArguments, set_seed
 
+from .checkpoints import COMPLETE, GracefulStop, MarkComplete, latest_checkpoint, latest_run_dir
 from .collators import PaddingCollator, PaddingFreeCollator
 from .data import LabelAudit, build_datasets, show_example
 from .generate import generate, prompt_messages
@@ -36,10 +37,17 @@ class RunResult:
     eval_loss_before: Optional[float] = None
     eval_loss_after: Optional[float] = None
     samples: list = dataclasses.field(default_factory=list)
+    interrupted: bool = False
 
 
-def train(recipe: Recipe, dry_run: bool = False) -> RunResult:
-    """Fine-tune as the recipe says; with ``dry_run`` stop after the label audit and parameter count."""
+def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> RunResult:
+    """Fine-tune as the recipe says.
+
+    Args:
+        dry_run: stop after the label audit and the trainable-parameter count.
+        resume: continue from the latest complete checkpoint of the run folder (``training.output_dir``, or the
+            newest ``runs/<name>-*``), or from the checkpoint folder given as a path.
+    """
     set_seed(recipe.training.seed)
     path = resolve_model_path(recipe.model.path)
     family = resolve_family(recipe.model, path)
@@ -67,18 +75,24 @@ def train(recipe: Recipe, dry_run: bool = False) -> RunResult:
     model = apply_method(load_model(path, family, recipe.model), recipe.method, family)
     trainable, total = count_parameters(model)
     logger.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    output_dir = Path(recipe.training.output_dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    output_dir, checkpoint = _run_dir(recipe, resume)
+    stop = GracefulStop()
     trainer = trainer_class(recipe.method.name)(
         model=model, args=training_arguments(recipe.training, output_dir, recipe.data.batching),
         train_dataset=data.train, eval_dataset=data.eval, data_collator=_collator(recipe.data.batching, tokenizer),
-        processing_class=tokenizer, template=template, recipe=recipe,
+        processing_class=tokenizer, template=template, recipe=recipe, callbacks=[stop, MarkComplete()],
     )
     result = RunResult(output_dir)
     samples = list(data.eval.select(range(min(recipe.eval.samples, len(data.eval))))["messages"]) \
         if data.eval is not None else []
     before = _held_out(trainer, tokenizer, template, samples, recipe) if data.eval is not None else None
 
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stop.received:
+        logger.warning("Stopped by %s at step %d; checkpoint saved in %s. Resume with:\n  python -m finetune.run "
+                       "RECIPE training.output_dir=%s --resume", stop.received, trainer.state.global_step,
+                       output_dir, output_dir)
+        return RunResult(output_dir, interrupted=True)
     trainer.save_model(str(output_dir))
 
     if data.eval is not None:
@@ -91,6 +105,24 @@ def train(recipe: Recipe, dry_run: bool = False) -> RunResult:
         logger.info("%s", _comparison(result))
     logger.info("Saved to %s", output_dir)
     return result
+
+
+def _run_dir(recipe: Recipe, resume: bool | str) -> tuple[Path, Optional[Path]]:
+    """The run folder, and the checkpoint to resume from (None for a fresh run)."""
+    if resume and not isinstance(resume, bool):
+        checkpoint = Path(resume)
+        if not (checkpoint / COMPLETE).exists():
+            raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint folder (no {COMPLETE} marker).")
+        return checkpoint.parent, checkpoint
+    if not resume:
+        return Path(recipe.training.output_dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"), None
+    run_dir = Path(recipe.training.output_dir) if recipe.training.output_dir else latest_run_dir(recipe.name)
+    checkpoint = latest_checkpoint(run_dir) if run_dir else None
+    if checkpoint is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint in {run_dir or f'runs/{recipe.name}-*'}; set "
+                                "training.save_strategy=steps to write checkpoints, or start a fresh run.")
+    logger.info("Resuming from %s", checkpoint)
+    return run_dir, checkpoint
 
 
 def _collator(batching: str, tokenizer):

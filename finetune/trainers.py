@@ -67,6 +67,7 @@ class SFTTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Loss over supervised tokens only; logits are computed just where some row has a label."""
         inputs = dict(inputs)
+        lines = inputs.pop("lines", None)
         targets = inputs.pop("labels")[:, 1:]
         keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
         # use_cache=False: no cache is needed in training, and one would stop packed rows getting a block mask.
@@ -74,6 +75,11 @@ class SFTTrainer(Trainer):
         loss = causal_lm_loss(outputs.logits, targets[:, keep], self.args.label_smoothing_factor, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is already global
+        if model.training and not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Loss is {loss.item()} at step {self.state.global_step + 1} on the examples at lines "
+                f"{lines.tolist() if lines is not None else '?'} of the training file. Lower "
+                "training.learning_rate or max_grad_norm, check those examples, and prefer bf16/fp32 to fp16.")
         return (loss, outputs) if return_outputs else loss
 
     @override

@@ -112,6 +112,7 @@ class PrefixModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, **kwargs):
         kwargs.pop("position_ids", None)
+        kwargs.pop("use_cache", None)
         return self.base_model(**self._inputs(input_ids, attention_mask, read_only=True), use_cache=False, **kwargs)
 
     @torch.no_grad()
@@ -155,7 +156,9 @@ class PrefixModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.prefix_encoder.state_dict().items()}
         save_file(state, directory / PREFIX_WEIGHTS)
-        config = {**self.prefix_encoder.config, "base_model_name_or_path": str(self.config._name_or_path)}
+        # A converted ChatGLM2 is built from a state dict: its path is on the model, its config's is None.
+        base = getattr(self.base_model, "name_or_path", None) or self.config._name_or_path
+        config = {**self.prefix_encoder.config, "base_model_name_or_path": str(base) if base else None}
         (directory / PREFIX_CONFIG).write_text(json.dumps(config, indent=2))
 
 
