@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
 RECIPE ?= recipes/smollm2_lora.py
 
-.PHONY: install demo demo-ptuning demo-qlora test test-slow quality style clean
+NPROC ?= 2
+
+.PHONY: install demo demo-ptuning demo-qlora train train-ddp test test-slow quality style clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +29,12 @@ demo-ptuning: install  ## P-Tuning v2 on the embedded SmolLM2 (frozen model, 16 
 
 demo-qlora: install  ## LoRA over the 4-bit NF4 SmolLM2
 	$(PY) -m finetune.run recipes/smollm2_qlora.py
+
+train: install  ## any recipe: make train RECIPE=recipes/opt_lora.py ARGS="training.learning_rate=1e-4"
+	$(PY) -m finetune.run $(RECIPE) $(ARGS)
+
+train-ddp: install  ## data-parallel on NPROC processes (GPUs, or gloo on CPU): make train-ddp RECIPE=... NPROC=4
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m finetune.run $(RECIPE) $(ARGS)
 
 test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer
 	$(PY) -m pytest -m "not slow" -q

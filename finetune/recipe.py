@@ -70,6 +70,8 @@ class ModelSpec:
     """Scaling factor: the usable window becomes native window x factor."""
     trust_remote_code: bool = False
     """Run code shipped with the checkpoint. Off by default: a checkpoint folder is untrusted input."""
+    allow_pickle: bool = False
+    """Accept ``.bin`` (pickle) weights. Off by default: only safetensors load; pickles can run code."""
 
     def __post_init__(self):
         _check_choice("model.dtype", self.dtype, DTYPES)

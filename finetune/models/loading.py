@@ -94,6 +94,7 @@ def load_model(path: Path, family: Family, spec: ModelSpec, quantize: bool = Tru
     if spec.quantization is not None and quantize:
         kwargs.update(quantization_config=_bnb_config(spec.quantization), device_map={"": _device()})
         dtype = resolve_dtype(spec.quantization.compute_dtype)
+    _check_weights_format(path, spec)
     if family.name == "chatglm2" and _config(path).get("model_type") == "chatglm":
         from .chatglm2 import load_chatglm2
 
@@ -105,7 +106,18 @@ def load_model(path: Path, family: Family, spec: ModelSpec, quantize: bool = Tru
     if spec.rope_scaling:
         config.rope_parameters = rope_parameters(config, spec)
     return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype,
+                                                use_safetensors=not spec.allow_pickle,
                                                 trust_remote_code=spec.trust_remote_code, **kwargs)
+
+
+def _check_weights_format(path: Path, spec: ModelSpec) -> None:
+    """Refuse pickle-only checkpoints unless the recipe opts in: unpickling can execute code."""
+    if spec.allow_pickle or any(Path(path).glob("*.safetensors")):
+        return
+    if any(Path(path).glob("*.bin")):
+        raise ValueError(f"{path} holds only .bin (pickle) weights. Convert them to safetensors, or set "
+                         "model.allow_pickle=true if you trust the source (ChatGLM2 .bin files are then read with "
+                         "torch.load(weights_only=True)).")
 
 
 def load_config(path: Path, family: Family, spec: ModelSpec):
