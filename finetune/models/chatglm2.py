@@ -93,7 +93,8 @@ def convert_config(cfg: dict) -> GlmConfig:
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0 * cfg.get("rope_ratio", 1),
                          "partial_rotary_factor": 0.5},
         # GlmConfig's defaults are GLM-4's ids (151329...), not ChatGLM2's.
-        pad_token_id=cfg.get("pad_token_id", 0), eos_token_id=cfg.get("eos_token_id", 2), bos_token_id=cfg.get("bos_token_id", 1),
+        pad_token_id=cfg.get("pad_token_id", 0), eos_token_id=cfg.get("eos_token_id", 2),
+        bos_token_id=cfg.get("bos_token_id", 1),
         tie_word_embeddings=False, use_cache=cfg.get("use_cache", True))
 
 
