@@ -1,4 +1,5 @@
 """finetune: supervised fine-tuning of causal LMs on Hugging Face, driven by small recipe files."""
+from .overrides import apply_overrides
 from .recipe import (
     DataSpec,
     EvalSpec,
@@ -9,7 +10,6 @@ from .recipe import (
     Recipe,
     RecipeError,
     TrainingSpec,
-    apply_overrides,
 )
 from .templates import get_template, register_template, template_names
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
@@ -17,7 +16,7 @@ from typing import Any, Mapping, Optional, Union
 __all__ = [
     "ModelSpec", "QuantSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec",
     "EvalSpec", "Recipe",
-    "RecipeError", "apply_overrides", "recipe_to_dict",
+    "RecipeError", "recipe_to_dict", "recipe_from_dict",
 ]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -211,7 +210,7 @@ class TrainingSpec:
             raise RecipeError("training batch size and gradient_accumulation_steps must be >= 1.")
         if not 0.0 <= self.label_smoothing_factor < 1.0:
             raise RecipeError(f"training.label_smoothing_factor={self.label_smoothing_factor} must be in [0, 1).")
-        unknown = set(self.extra) - _training_argument_names()
+        unknown = set(self.extra) - training_argument_names()
         if unknown:
             raise RecipeError(f"training.extra has keys that are not TrainingArguments fields: {sorted(unknown)}")
 
@@ -269,104 +268,18 @@ def recipe_from_dict(data: Mapping[str, Any]) -> Recipe:
     )
 
 
-def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
-    """Apply ``section.key=value`` strings, each parsed and type-checked against the field it sets.
-
-    Nested specs take longer paths (``model.quantization.quant_type=fp4``); ``model.quantization=none`` removes
-    one. ``training.<any TrainingArguments field>=value`` lands in ``training.extra`` when it is not a named field.
-
-    Raises:
-        RecipeError: on an unknown key (naming the nearest valid ones) or a value of the wrong type.
-    """
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or "." not in key:
-            raise RecipeError(f"Override {item!r} must look like section.key=value, e.g. training.learning_rate=1e-4")
-        section = key.split(".", 1)[0]
-        if section == "name" or section not in {f.name for f in dataclasses.fields(recipe)}:
-            sections = [f.name for f in dataclasses.fields(recipe) if f.name != "name"]
-            raise RecipeError(f"Unknown recipe section {section!r}{_suggest(section, sections)}")
-        recipe = _set(recipe, key.split("."), raw, key)
-    return recipe
-
-
-def _set(spec: Any, path: list[str], raw: str, key: str) -> Any:
-    """A copy of ``spec`` with the field at ``path`` set from ``raw``."""
-    name = path[0]
-    names = {f.name for f in dataclasses.fields(spec) if f.name != "extra"}
-    if name not in names:
-        if isinstance(spec, TrainingSpec) and len(path) == 1 and name in _training_argument_names():
-            value = _parse(key, raw, _training_argument_type(name))
-            return dataclasses.replace(spec, extra={**spec.extra, name: value})
-        candidates = list(names) + (sorted(_training_argument_names()) if isinstance(spec, TrainingSpec) else [])
-        prefix = key[: len(key) - len(".".join(path))]
-        raise RecipeError(f"Unknown key {key!r}{_suggest(name, candidates, prefix=prefix)}")
-    annotation = _field_type(type(spec), name)
-    if len(path) == 1:
-        return dataclasses.replace(spec, **{name: _parse(key, raw, annotation)})
-    child = getattr(spec, name)
-    if child is None:  # an unset optional spec: start from its defaults
-        child = next(a for a in typing.get_args(annotation) if dataclasses.is_dataclass(a))()
-    if not dataclasses.is_dataclass(child):
-        raise RecipeError(f"{key!r}: {'.'.join(key.split('.')[:-len(path) + 1])} has no sub-fields.")
-    return dataclasses.replace(spec, **{name: _set(child, path[1:], raw, key)})
-
-
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise RecipeError(f"{key}={value!r} is not one of {', '.join(choices)}{_suggest(value, choices)}")
+        raise RecipeError(f"{key}={value!r} is not one of {', '.join(choices)}{suggest_names(value, choices)}")
 
 
-def _suggest(word: str, candidates, prefix: str = "") -> str:
+def suggest_names(word: str, candidates, prefix: str = "") -> str:
     close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.5) or [
         c for c in candidates if word.startswith(c) or c.startswith(word)][:3]
     return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else "."
 
 
-def _field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
-
-
-def _training_argument_names() -> set[str]:
+def training_argument_names() -> set[str]:
     from transformers import TrainingArguments
 
     return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-
-
-def _training_argument_type(name: str) -> Any:
-    from transformers import TrainingArguments
-
-    return typing.get_type_hints(TrainingArguments).get(name, str)
-
-
-def _parse(key: str, raw: str, annotation: Any) -> Any:
-    """Parse ``raw`` as ``annotation`` (str/int/float/bool, Optional, tuple of str, unions of those)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (Union, types.UnionType):
-        if raw.lower() in ("none", "null") and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None) and not dataclasses.is_dataclass(a)):
-            try:
-                return _parse(key, raw, arg)
-            except RecipeError as err:
-                errors.append(str(err))
-        raise RecipeError(errors[-1] if errors else f"{key}={raw!r}: set its fields ({key}.<field>=...) or none.")
-    if origin in (tuple, list):
-        items = tuple(part.strip() for part in raw.split(",") if part.strip())
-        return items if origin is tuple else list(items)
-    if annotation is bool:
-        if raw.lower() in ("true", "1", "yes"):
-            return True
-        if raw.lower() in ("false", "0", "no"):
-            return False
-        raise RecipeError(f"{key}={raw!r}: expected true or false.")
-    if annotation in (int, float):
-        try:
-            number = float(raw)
-        except ValueError:
-            raise RecipeError(f"{key}={raw!r}: expected a {annotation.__name__}, e.g. {key}=1e-4") from None
-        if annotation is int and not number.is_integer():
-            raise RecipeError(f"{key}={raw!r}: expected a whole number.")
-        return annotation(number)
-    return raw

@@ -12,7 +12,8 @@ import runpy
 import sys
 from pathlib import Path
 
-from .recipe import Recipe, RecipeError, apply_overrides, recipe_to_dict
+from .overrides import apply_overrides
+from .recipe import Recipe, RecipeError, recipe_to_dict
 
 __all__ = ["load_recipe", "main"]
 
