@@ -17,7 +17,9 @@ from transformers import AutoModelForCausalLM, TrainingArguments, set_seed
 from .checkpoints import COMPLETE, GracefulStop, MarkComplete, latest_checkpoint, latest_run_dir
 from .collators import PaddingCollator, PaddingFreeCollator
 from .data import LabelAudit, build_datasets, show_example
+from .evaluate import format_table
 from .generate import generate, prompt_messages
+from .metrics import compute_scores
 from .methods import apply_method, count_parameters
 from .models import check_context_window, load_config, load_model, load_tokenizer, resolve_family, resolve_model_path
 from .recipe import Recipe, TrainingSpec
@@ -99,10 +101,14 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
         after = _held_out(trainer, tokenizer, template, samples, recipe)
         result.eval_loss_before, result.eval_loss_after = before[0], after[0]
         result.samples = [_sample(c, b, a) for c, b, a in zip(samples, before[1], after[1])]
+        scores = _scores(result.samples)
         (output_dir / "samples.json").write_text(json.dumps(
-            {"eval_loss_before": before[0], "eval_loss_after": after[0], "samples": result.samples},
-            indent=2, ensure_ascii=False))
+            {"eval_loss_before": before[0], "eval_loss_after": after[0], "scores": scores,
+             "samples": result.samples}, indent=2, ensure_ascii=False))
         logger.info("%s", _comparison(result))
+        if scores:
+            logger.info("Held-out metrics on %d generated answers (base = before training):\n%s",
+                        len(result.samples), format_table(scores))
     logger.info("Saved to %s", output_dir)
     return result
 
@@ -164,6 +170,17 @@ def _held_out(trainer: SFTTrainer, tokenizer, template, samples: list, recipe: R
     prompts = [prompt_messages(c)[0] for c in samples]
     answers = generate(trainer.model, tokenizer, template, prompts, recipe.eval.max_new_tokens) if prompts else []
     return loss, answers
+
+
+def _scores(samples: list[dict]) -> Optional[dict]:
+    """Before/after generation metrics in ``finetune.evaluate``'s report shape (so its table prints them)."""
+    if not samples:
+        return None
+    references = [s["reference"] for s in samples]
+    after = compute_scores([s["after"] for s in samples], references)
+    before = compute_scores([s["before"] for s in samples], references)
+    difference = {k: after[k] - before[k] for k in after if isinstance(after[k], float)}
+    return {"scores": after, "baseline": before, "difference": difference}
 
 
 def _sample(conversation: list[dict], before: str, after: str) -> dict:

@@ -56,9 +56,13 @@ def test_evaluate_writes_predictions_and_metrics_that_compute_scores_reproduces(
 def test_saved_run_reproduces_the_generations_training_wrote(run_dir, tmp_path):
     # Same prompts in the same batch (training generated its 2 samples in one batch), greedy: identical text.
     # LoRA's B starts at zero, so "before" is the base model's answer and --baseline must reproduce it too.
-    samples = json.loads((run_dir / "samples.json").read_text())["samples"]
+    written = json.loads((run_dir / "samples.json").read_text())
+    samples = written["samples"]
     assert main([str(run_dir), "--out", str(tmp_path), "--limit", "2", "--max-new-tokens", "6", "--baseline"]) == 0
     rows = read_jsonl(tmp_path / "predictions.jsonl")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["scores"] == {**written["scores"]["scores"], "language": metrics["scores"]["language"]}
+    assert metrics["baseline"] == {**written["scores"]["baseline"], "language": metrics["baseline"]["language"]}
     assert [r["prompt"] for r in rows] == [s["prompt"] for s in samples]
     assert [r["reference"] for r in rows] == [s["reference"] for s in samples]
     assert [r["prediction"] for r in rows] == [s["after"] for s in samples]
