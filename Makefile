@@ -7,8 +7,9 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || e
 RECIPE ?= recipes/smollm2_lora.py
 
 NPROC ?= 2
+PORT ?= 6006
 
-.PHONY: install demo demo-ptuning demo-qlora train train-ddp test test-slow quality style clean
+.PHONY: install demo demo-ptuning demo-qlora train train-ddp dashboard report bench test test-slow quality style clean
 
 install: $(VENV)/.installed
 
@@ -36,7 +37,14 @@ train: install  ## any recipe: make train RECIPE=recipes/opt_lora.py ARGS="train
 train-ddp: install  ## data-parallel on NPROC processes (GPUs, or gloo on CPU): make train-ddp RECIPE=... NPROC=4
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m finetune.run $(RECIPE) $(ARGS)
 
-test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer
+dashboard: install  ## TensorBoard over every run in runs/ (training.report_to=tensorboard or all), localhost only
+	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1 --port $(PORT)
+
+report: install  ## rebuild reports: make report RUNS="runs/a-... runs/b-..." (several runs -> one comparison)
+	$(PY) -m finetune.report $(RUNS)
+
+test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer (+ Chromium for the browser tests)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium missing: browser tests will be skipped (apt-get install -y chromium)"
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: install  ## trains the real SmolLM2-135M

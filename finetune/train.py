@@ -19,11 +19,13 @@ from .collators import PaddingCollator, PaddingFreeCollator
 from .data import LabelAudit, build_datasets, show_example
 from .evaluate import format_table
 from .generate import generate, prompt_messages
-from .metrics import compute_scores
 from .methods import apply_method, count_parameters
+from .metrics import compute_scores
 from .models import check_context_window, load_config, load_model, load_tokenizer, resolve_family, resolve_model_path
 from .recipe import Recipe, TrainingSpec
+from .report import write_report
 from .templates import get_template
+from .tracking import finish_tracking, tokens_seen_mode, tracking_callbacks, training_report_to
 from .trainers import SFTTrainer, trainer_class
 
 __all__ = ["train", "training_arguments", "RunResult"]
@@ -78,11 +80,13 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
     trainable, total = count_parameters(model)
     logger.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     output_dir, checkpoint = _run_dir(recipe, resume)
-    stop = GracefulStop()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2))
+    stop, tracking = GracefulStop(), tracking_callbacks(recipe, audit, output_dir)
     trainer = trainer_class(recipe.method.name)(
         model=model, args=training_arguments(recipe.training, output_dir, recipe.data.batching),
         train_dataset=data.train, eval_dataset=data.eval, data_collator=_collator(recipe.data.batching, tokenizer),
-        processing_class=tokenizer, template=template, recipe=recipe, callbacks=[stop, MarkComplete()],
+        processing_class=tokenizer, template=template, recipe=recipe, callbacks=[stop, MarkComplete(), *tracking],
     )
     result = RunResult(output_dir)
     samples = list(data.eval.select(range(min(recipe.eval.samples, len(data.eval))))["messages"]) \
@@ -91,6 +95,8 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
 
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stop.received:
+        finish_tracking(tracking)
+        write_report(output_dir)
         logger.warning("Stopped by %s at step %d; checkpoint saved in %s. Resume with:\n  python -m finetune.run "
                        "RECIPE training.output_dir=%s --resume", stop.received, trainer.state.global_step,
                        output_dir, output_dir)
@@ -109,7 +115,9 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
         if scores:
             logger.info("Held-out metrics on %d generated answers (base = before training):\n%s",
                         len(result.samples), format_table(scores))
-    logger.info("Saved to %s", output_dir)
+    finish_tracking(tracking)  # last, so the after-training eval reaches the trackers
+    write_report(output_dir)
+    logger.info("Saved to %s (report: %s)", output_dir, output_dir / "report.html")
     return result
 
 
@@ -149,12 +157,13 @@ def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "pa
         "use_cpu": not cuda, "bf16": cuda and torch.cuda.is_bf16_supported(), "prediction_loss_only": True,
         "remove_unused_columns": False, "label_names": ["labels"], "disable_tqdm": False,
         "activation_checkpointing_kwargs": {"use_reentrant": False} if spec.activation_checkpointing else None,
-        "length_column_name": "num_tokens",
+        "length_column_name": "num_tokens", "include_num_input_tokens_seen": tokens_seen_mode(batching),
     }
     if batching == "group_by_length":
         defaults["train_sampling_strategy"] = "group_by_length"
     accepted = {f.name for f in dataclasses.fields(TrainingArguments)}
     kwargs = {k: v for k, v in {**defaults, **fields, **spec.extra}.items() if k in accepted}
+    kwargs["report_to"] = training_report_to(spec.report_to)  # W&B and TensorBoard come as tracking callbacks
     return TrainingArguments(output_dir=str(output_dir), **kwargs)
 
 

@@ -232,8 +232,8 @@ def test_train_chatglm2_ptuning_on_adgen_sample(checkpoint, tmp_path, monkeypatc
     result = train(recipe)
     run = result.output_dir
     assert sorted(p.name for p in run.iterdir()) == [
-        "added_tokens.json", "prefix_config.json", "prefix_encoder.safetensors", "recipe.json", "samples.json",
-        "template.json", "tokenizer.model", "tokenizer_config.json"]
+        "added_tokens.json", "audit.json", "logs.jsonl", "plots", "prefix_config.json", "prefix_encoder.safetensors",
+        "recipe.json", "report.html", "samples.json", "template.json", "tokenizer.model", "tokenizer_config.json"]
     config, state = read_prefix(run)
     assert (config["pre_seq_len"], config["num_layers"], config["kv_heads"], config["head_dim"]) == (8, 2, 2, 16)
     assert set(state) == {"embedding.weight"}

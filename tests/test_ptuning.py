@@ -94,8 +94,8 @@ def test_ptuning_run_saves_only_the_prefix_and_reloads_identically(tiny_llama, a
     result = train(recipe)
     run = result.output_dir
     assert sorted(p.name for p in run.iterdir()) == [
-        "chat_template.jinja", "prefix_config.json", "prefix_encoder.safetensors", "recipe.json", "samples.json",
-        "template.json", "tokenizer.json", "tokenizer_config.json"]
+        "audit.json", "chat_template.jinja", "logs.jsonl", "plots", "prefix_config.json", "prefix_encoder.safetensors",
+        "recipe.json", "report.html", "samples.json", "template.json", "tokenizer.json", "tokenizer_config.json"]
     config, state = read_prefix(run)
     assert config["pre_seq_len"] == 8 and config["kv_heads"] == 2 and set(state) == {
         "embedding.weight", "trans.0.weight", "trans.0.bias", "trans.2.weight", "trans.2.bias"}

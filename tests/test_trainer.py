@@ -37,8 +37,9 @@ def test_lora_run_trains_only_adapters_and_saves_exactly_the_adapter(tiny_llama,
     result = train(tiny_recipe(tiny_llama, alpaca_file, tmp_path))
     run = result.output_dir
     assert sorted(p.name for p in run.iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja", "recipe.json",
-        "samples.json", "template.json", "tokenizer.json", "tokenizer_config.json", "training_args.bin"]
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "audit.json", "chat_template.jinja",
+        "logs.jsonl", "plots", "recipe.json", "report.html", "samples.json", "template.json", "tokenizer.json",
+        "tokenizer_config.json", "training_args.bin"]
     assert json.loads((run / "template.json").read_text())["name"] == "chatml"
     assert json.loads((run / "recipe.json").read_text())["method"]["name"] == "lora"
 
