@@ -4,6 +4,7 @@ Read :func:`train` first; every other function here is a step it calls in order.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,6 +21,7 @@ from .data import LabelAudit, build_datasets, show_example
 from .evaluate import format_table
 from .generate import generate, prompt_messages
 from .methods import apply_method, count_parameters
+from .methods.ptuning import PrefixModel
 from .metrics import compute_scores
 from .models import check_context_window, load_config, load_model, load_tokenizer, resolve_family, resolve_model_path
 from .recipe import Recipe, TrainingSpec
@@ -91,7 +93,9 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
     result = RunResult(output_dir)
     samples = list(data.eval.select(range(min(recipe.eval.samples, len(data.eval))))["messages"]) \
         if data.eval is not None else []
-    before = _held_out(trainer, tokenizer, template, samples, recipe) if data.eval is not None else None
+    if data.eval is not None:
+        with _untrained(trainer.model):  # "before" is the base model: a fresh random prefix is not a baseline
+            before = _held_out(trainer, tokenizer, template, samples, recipe)
 
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stop.received:
@@ -171,6 +175,15 @@ def _skeleton(path: Path, family, recipe: Recipe):
     """The model's architecture on the meta device: parameter counts without reading any weights."""
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(load_config(path, family, recipe.model))
+
+
+def _untrained(model):
+    """A context in which the model answers as its untrained base."""
+    if isinstance(model, PrefixModel):
+        return model.disable_prefix()
+    if hasattr(model, "disable_adapter"):  # peft; LoRA's B starts at zero, so this only makes it explicit
+        return model.disable_adapter()
+    return contextlib.nullcontext()
 
 
 def _held_out(trainer: SFTTrainer, tokenizer, template, samples: list, recipe: Recipe) -> tuple[float, list[str]]:

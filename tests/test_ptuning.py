@@ -129,3 +129,17 @@ def test_official_prefix_of_the_wrong_width_is_rejected(tiny_llama, tmp_path):
                tmp_path / "bad" / "pytorch_model.bin")
     with pytest.raises(ValueError, match="does not match the base model"):
         load_prefix_model(AutoModelForCausalLM.from_pretrained(tiny_llama), tmp_path / "bad")
+
+
+def test_disable_prefix_answers_as_the_untrained_base(tiny_llama):
+    model = prefix_model(tiny_llama).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    ids, mask, _ = batch()
+    with model.disable_prefix():
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits,
+                           base(input_ids=ids, attention_mask=mask).logits)
+        assert torch.equal(model.generate(ids, mask, max_new_tokens=3, pad_token_id=0),
+                           base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False,
+                                         pad_token_id=0))
+    assert not torch.equal(model(input_ids=ids, attention_mask=mask).logits,
+                           base(input_ids=ids, attention_mask=mask).logits)

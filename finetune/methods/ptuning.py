@@ -11,6 +11,7 @@ The encoder's layout is ChatGLM2's (``embedding``, ``trans.0``, ``trans.2``), so
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 from pathlib import Path
@@ -91,6 +92,7 @@ class PrefixModel(nn.Module):
         # transformers 5.x renamed the forward's ``past_key_values`` to ``cache`` (the old name warns).
         parameters = inspect.signature(base_model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
+        self._prefix_off = False
         base_model.requires_grad_(False)
         for module in base_model.modules():
             if hasattr(module, "_can_checkpoint_with_cache"):
@@ -110,15 +112,31 @@ class PrefixModel(nn.Module):
                 "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0),
                 self._cache_kwarg: prefix_cache(past, read_only)}
 
+    @contextlib.contextmanager
+    def disable_prefix(self):
+        """Run as the untrained base model (like peft's ``disable_adapter``), e.g. for a before/after baseline."""
+        self._prefix_off = True
+        try:
+            yield
+        finally:
+            self._prefix_off = False
+
     def forward(self, input_ids, attention_mask=None, **kwargs):
         kwargs.pop("position_ids", None)
         kwargs.pop("use_cache", None)
+        if self._prefix_off:
+            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
         return self.base_model(**self._inputs(input_ids, attention_mask, read_only=True), use_cache=False, **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 64, eos_token_id=None,
                  pad_token_id=0, do_sample: bool = False, temperature=None, top_p=None, **_):
         """Greedy (or temperature / top-p sampling) decoding; returns prompt + new tokens like ``generate``."""
+        if self._prefix_off:
+            return self.base_model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                            max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                                            pad_token_id=pad_token_id, do_sample=do_sample, temperature=temperature,
+                                            top_p=top_p)
         inputs = self._inputs(input_ids, attention_mask, read_only=False)
         cache, mask = inputs[self._cache_kwarg], inputs["attention_mask"]
         positions = inputs["position_ids"][:, -1:]
