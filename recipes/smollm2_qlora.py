@@ -1,23 +1,20 @@
-# QLoRA on the embedded SmolLM2-135M-Instruct: LoRA over a 4-bit NF4 base. Runs on CPU here, unchanged on GPU.
+# QLoRA on the embedded SmolLM2-135M-Instruct: recipes/smollm2_lora.py over a 4-bit NF4 base. `make demo-qlora`.
 #
 #   python -m finetune.run recipes/smollm2_qlora.py
 #
 # Assumes: nothing but this repository (bitsandbytes' CPU path; on a GPU the compute dtype becomes bf16).
-# Same data, template and batch as recipes/smollm2_lora.py (8 x ~35 tokens = ~280 tokens/step, 135 steps),
-# so the two runs compare directly: the base's linear weights take 0.5 byte/param instead of 4 (fp32).
-# Memory: 135M params -> ~0.54 GB fp32; the 211 linear layers (~106M params) in NF4 -> ~53 MB + embeddings
-#         (28M params, kept in full precision) -> ~0.17 GB of weights (measured peak RSS: see README).
-from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
-from finetune.recipe import QuantSpec
+# Everything else is the LoRA recipe's (8 x ~35 tokens = ~280 tokens/step, 135 steps), so the two compare
+# directly. Memory: the 210 linear layers (~106M params) in NF4 take 0.5 byte/param + double-quantised constants
+# instead of 4 (fp32); embeddings (28M params) stay full precision -> 159 MB of weights instead of 513 MB.
+import dataclasses
+from pathlib import Path
 
-recipe = Recipe(
-    name="smollm2_qlora",
-    model=ModelSpec(path="smollm2-135m-instruct", max_length=128,
-                    quantization=QuantSpec(quant_type="nf4", double_quant=True, compute_dtype="auto")),
-    data=DataSpec(train="data/unicode_names/train.jsonl", eval="data/unicode_names/eval.jsonl", format="alpaca",
-                  template="chatml", system=""),
-    method=LoraSpec(r=16, alpha=32, dropout=0.05),
-    training=TrainingSpec(num_train_epochs=3, per_device_train_batch_size=8, learning_rate=1e-3,
-                          lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=5),
-    eval=EvalSpec(samples=8, max_new_tokens=24),
+from finetune.recipe import QuantSpec
+from finetune.run import load_recipe
+
+lora = load_recipe(Path(__file__).with_name("smollm2_lora.py"))
+recipe = dataclasses.replace(
+    lora, name="smollm2_qlora",
+    model=dataclasses.replace(lora.model, quantization=QuantSpec(quant_type="nf4", double_quant=True,
+                                                                 compute_dtype="auto")),
 )
