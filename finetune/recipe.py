@@ -104,6 +104,9 @@ class DataSpec:
     """adgen format: the field holding the answer."""
     text_column: str = "text"
     """text format: the field holding a plain text, trained on in full (TRL's ``dataset_text_field``)."""
+    overlong: str = "truncate"
+    """Examples longer than model.max_length: ``truncate`` (keep whole turns, cut a first answer; counted),
+    ``drop`` (skip them; counted) or ``error`` (stop, naming their lines)."""
     batching: str = "padded"
     """``padded`` (right padding to the longest in the batch, to a multiple of 8), ``padding_free`` (examples
     concatenated into one row, positions restarting at 0: no pad tokens computed), or ``group_by_length``
@@ -112,6 +115,7 @@ class DataSpec:
     def __post_init__(self):
         _check_choice("data.format", self.format, DATA_FORMATS)
         _check_choice("data.batching", self.batching, ("padded", "padding_free", "group_by_length"))
+        _check_choice("data.overlong", self.overlong, ("truncate", "drop", "error"))
         if not 0.0 <= self.eval_split < 1.0:
             raise RecipeError(f"data.eval_split={self.eval_split} must be in [0, 1).")
 

@@ -158,3 +158,23 @@ def test_text_format_trains_on_the_whole_text(tokenizer, tmp_path):
     got = encode(tokenizer, get_template("text"), read_examples(path, "text").conversations[0])
     expected = tokenizer("Plain text to learn.", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     assert got["input_ids"] == expected and got["labels"] == expected
+
+
+@pytest.mark.parametrize("policy", ["truncate", "drop", "error"])
+def test_overlong_policy_from_the_recipe(tokenizer, tmp_path, policy):
+    from finetune.data import build_datasets
+    from finetune.recipe import DataSpec
+
+    long = {"instruction": "Repeat.", "input": "", "output": "word " * 200}
+    short = {"instruction": "Say hi.", "input": "", "output": "hi"}
+    path = write_jsonl(tmp_path / "d.jsonl", [short, long, short])
+    spec = DataSpec(train=str(path), template="chatml", overlong=policy)
+    if policy == "error":
+        with pytest.raises(DataError, match=r"d.jsonl: 1 examples exceed model.max_length=64 \(lines 2\)"):
+            build_datasets(spec, tokenizer, get_template("chatml"), 64)
+        return
+    data = build_datasets(spec, tokenizer, get_template("chatml"), 64)
+    if policy == "truncate":
+        assert len(data.train) == 3 and sum(data.train["truncated"]) == 1
+    else:
+        assert len(data.train) == 2 and data.skipped == {"longer than max_length=64 (data.overlong=drop)": 1}

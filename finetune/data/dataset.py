@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 
 from ..recipe import DataSpec
-from .readers import ReadResult, read_examples
+from .readers import DataError, ReadResult, read_examples
 from .tokenize import ENCODER_VERSION, Encoder
 
 __all__ = ["SFTData", "build_datasets", "cache_dir"]
@@ -77,6 +77,7 @@ def _tokenized(spec: DataSpec, path: str, encoder: Encoder, skipped: Counter, pr
     tokenized = raw.map(encoder, batched=True, batch_size=512,
                         cache_file_name=str(cache_file), load_from_cache_file=True,
                         desc=f"Tokenizing {Path(path).name}")
+    tokenized = _apply_overlong_policy(tokenized, spec.overlong, path, encoder.max_length, skipped, prefix)
     empty = sum(1 for n in tokenized["num_supervised"] if n == 0)
     if empty == len(tokenized):
         raise ValueError(f"{path}: every example has all labels masked (no supervised token). The prompts fill "
@@ -86,6 +87,25 @@ def _tokenized(spec: DataSpec, path: str, encoder: Encoder, skipped: Counter, pr
         skipped[prefix + "no supervised token (prompt fills max_length)"] += empty
         tokenized = tokenized.filter(lambda n: n > 0, input_columns="num_supervised")
     return tokenized, hit
+
+
+def _apply_overlong_policy(tokenized, policy: str, path: str, max_length: int, skipped: Counter, prefix: str):
+    """Examples that did not fit ``max_length`` are kept truncated, dropped, or an error (``data.overlong``)."""
+    if policy == "truncate":
+        return tokenized
+    columns = tokenized.select_columns(["truncated", "dropped_turns", "num_supervised", "line"]).to_dict()
+    rows = zip(columns["truncated"], columns["dropped_turns"], columns["num_supervised"])
+    overlong = [i for i, (cut, dropped, supervised) in enumerate(rows) if cut or dropped or not supervised]
+    if not overlong:
+        return tokenized
+    if policy == "error":
+        lines = ", ".join(str(columns["line"][i]) for i in overlong[:10])
+        raise DataError(f"{path}: {len(overlong)} examples exceed model.max_length={max_length} (lines {lines}"
+                        f"{', ...' if len(overlong) > 10 else ''}); raise model.max_length or set "
+                        "data.overlong=truncate or drop.")
+    skipped[prefix + f"longer than max_length={max_length} (data.overlong=drop)"] += len(overlong)
+    keep = sorted(set(range(len(tokenized))) - set(overlong))
+    return tokenized.select(keep)
 
 
 def _cache_key(spec: DataSpec, path: str, encoder: Encoder) -> str:
