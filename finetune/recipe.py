@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional, Union
 __all__ = [
     "ModelSpec", "QuantSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec",
     "EvalSpec", "Recipe",
-    "RecipeError", "recipe_to_dict", "recipe_from_dict",
+    "RecipeError", "recipe_to_dict", "recipe_from_dict", "resolved_batching",
 ]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -107,14 +107,14 @@ class DataSpec:
     overlong: str = "truncate"
     """Examples longer than model.max_length: ``truncate`` (keep whole turns, cut a first answer; counted),
     ``drop`` (skip them; counted) or ``error`` (stop, naming their lines)."""
-    batching: str = "padded"
-    """``padded`` (right padding to the longest in the batch, to a multiple of 8), ``padding_free`` (examples
-    concatenated into one row, positions restarting at 0: no pad tokens computed), or ``group_by_length``
-    (padded batches of similar lengths, shuffled in mega-batches). See README, "Speed"."""
+    batching: str = "auto"
+    """``padding_free`` (examples concatenated into one row, positions restarting at 0: no pad token is
+    computed), ``padded`` (right padding to the longest in the batch), or ``group_by_length`` (padded batches of
+    similar lengths). ``auto``: padding_free, the fastest in ``make bench``, except for P-Tuning v2 (padded)."""
 
     def __post_init__(self):
         _check_choice("data.format", self.format, DATA_FORMATS)
-        _check_choice("data.batching", self.batching, ("padded", "padding_free", "group_by_length"))
+        _check_choice("data.batching", self.batching, ("auto", "padded", "padding_free", "group_by_length"))
         _check_choice("data.overlong", self.overlong, ("truncate", "drop", "error"))
         if not 0.0 <= self.eval_split < 1.0:
             raise RecipeError(f"data.eval_split={self.eval_split} must be in [0, 1).")
@@ -248,6 +248,13 @@ class Recipe:
         if self.data.batching == "padding_free" and self.method.name == "ptuning":
             raise RecipeError("data.batching=padding_free does not combine with P-Tuning v2 (every packed example "
                               "would need its own prefix); use padded or group_by_length.")
+
+
+def resolved_batching(recipe: Recipe) -> str:
+    """``data.batching`` with ``auto`` decided: padding-free, except P-Tuning (each example needs its own prefix)."""
+    if recipe.data.batching != "auto":
+        return recipe.data.batching
+    return "padded" if recipe.method.name == "ptuning" else "padding_free"
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

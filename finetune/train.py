@@ -18,19 +18,16 @@ from transformers import AutoModelForCausalLM, TrainingArguments, set_seed
 from .checkpoints import COMPLETE, GracefulStop, MarkComplete, latest_checkpoint, latest_run_dir
 from .collators import PaddingCollator, PaddingFreeCollator
 from .data import LabelAudit, build_datasets, show_example
-from .evaluate import format_table
 from .generate import generate, prompt_messages
 from .methods import apply_method, count_parameters
 from .methods.ptuning import PrefixModel
-from .metrics import compute_scores
 from .models import check_context_window, load_config, load_model, load_tokenizer, resolve_family, resolve_model_path
-from .recipe import Recipe, TrainingSpec
-from .report import write_report
+from .recipe import Recipe, TrainingSpec, resolved_batching
 from .templates import get_template
 from .tracking import finish_tracking, tokens_seen_mode, tracking_callbacks, training_report_to
 from .trainers import SFTTrainer, trainer_class
 
-__all__ = ["train", "training_arguments", "RunResult"]
+__all__ = ["train", "training_arguments", "make_collator", "RunResult"]
 
 logger = logging.getLogger("finetune")
 
@@ -85,9 +82,10 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2))
     stop, tracking = GracefulStop(), tracking_callbacks(recipe, audit, output_dir)
+    batching = resolved_batching(recipe)
     trainer = trainer_class(recipe.method.name)(
-        model=model, args=training_arguments(recipe.training, output_dir, recipe.data.batching),
-        train_dataset=data.train, eval_dataset=data.eval, data_collator=_collator(recipe.data.batching, tokenizer),
+        model=model, args=training_arguments(recipe.training, output_dir, batching),
+        train_dataset=data.train, eval_dataset=data.eval, data_collator=make_collator(batching, tokenizer),
         processing_class=tokenizer, template=template, recipe=recipe, callbacks=[stop, MarkComplete(), *tracking],
     )
     result = RunResult(output_dir)
@@ -117,6 +115,8 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
              "samples": result.samples}, indent=2, ensure_ascii=False))
         logger.info("%s", _comparison(result))
         if scores:
+            from .evaluate import format_table
+
             logger.info("Held-out metrics on %d generated answers (base = before training):\n%s",
                         len(result.samples), format_table(scores))
     finish_tracking(tracking)  # last, so the after-training eval reaches the trackers
@@ -143,10 +143,11 @@ def _run_dir(recipe: Recipe, resume: bool | str) -> tuple[Path, Optional[Path]]:
     return run_dir, checkpoint
 
 
-def _collator(batching: str, tokenizer):
+def make_collator(batching: str, tokenizer):
+    """The collator for a resolved ``data.batching``; padding rounds to 8 only on GPUs (tensor cores)."""
     if batching == "padding_free":
         return PaddingFreeCollator()
-    return PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8)
+    return PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
 
 
 def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "padded") -> TrainingArguments:
@@ -177,6 +178,12 @@ def _skeleton(path: Path, family, recipe: Recipe):
         return AutoModelForCausalLM.from_config(load_config(path, family, recipe.model))
 
 
+def write_report(output_dir: Path) -> None:
+    from .report import write_report as write  # matplotlib loads only when a run ends
+
+    write(output_dir)
+
+
 def _untrained(model):
     """A context in which the model answers as its untrained base."""
     if isinstance(model, PrefixModel):
@@ -198,6 +205,8 @@ def _scores(samples: list[dict]) -> Optional[dict]:
     """Before/after generation metrics in ``finetune.evaluate``'s report shape (so its table prints them)."""
     if not samples:
         return None
+    from .metrics import compute_scores  # jieba/nltk/rouge load only when there is something to score
+
     references = [s["reference"] for s in samples]
     after = compute_scores([s["after"] for s in samples], references)
     before = compute_scores([s["before"] for s in samples], references)

@@ -1,0 +1,57 @@
+"""Smoke test of the training benchmark (bench/bench.py): it runs end to end and writes sane JSON.
+
+No timing is asserted: these machines are shared and the run is 4 steps long.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ("finetune_lora_padding_free", "hf_flattening")
+
+
+def test_bench_data_is_long_tailed(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    path = tmp_path / "train.jsonl"
+    bench.write_data(path)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    words = sorted(len(r["output"].split()) for r in records)
+    assert len(records) == bench.EXAMPLES
+    assert words[len(words) // 2] < 30 and words[-1] > 150  # most answers short, a tail of long ones
+
+
+def test_bench_runs_and_writes_results(tmp_path):
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--model", "tiny", "--steps", "4",
+                           "--skip", "1", "--configs", ",".join(CONFIGS), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert set(summary["results"]) == set(CONFIGS)
+    assert summary["matmul_peak_gflops"]["float32"] > 0
+    assert summary["data_lengths"]["max"] > 4 * summary["data_lengths"]["p50"]
+    for name, result in summary["results"].items():
+        assert "error" not in result, result.get("error")
+        assert result["optimizer_steps"] == 4 and result["timed_steps"] == 3
+        assert result["real_tokens_per_s"] > 0 and result["timed_seconds"] > 0
+        assert result["padding_efficiency"] == 1.0  # both configurations are padding-free
+        assert result["real_tokens"] == sum(result["step_real_tokens"])
+        assert 0 < result["time_to_first_step_s"] and 100 < result["peak_rss_mb"]
+        assert len(result["losses"]) == 4 and all(math.isfinite(x) for x in result["losses"])
+        assert result["achieved_gflops"] > 0 and result["ratio_to_best_peer"]["real_tokens_per_s"] > 0
+    ours, peer = (summary["results"][c] for c in CONFIGS)
+    # Same model, data order, adapter initialisation and batches: the same first loss, and the same token counts.
+    assert abs(ours["first_loss"] - peer["first_loss"]) < 1e-3
+    assert ours["real_tokens"] == peer["real_tokens"]
+    assert ours["tokenize"]["cold"]["cache_hit"] is False and ours["tokenize"]["warm"]["cache_hit"] is True
+    assert "tokenize" not in peer
+    assert "tokens_per_s_vs_best_peer (>= 1.2)" in summary["targets"]["finetune_lora_padding_free"]
+    assert "finetune_lora_padding_free" in done.stdout and "hf_flattening" in done.stdout  # the printed table
