@@ -46,6 +46,7 @@ report: install  ## rebuild reports: make report RUNS="runs/a-... runs/b-..." (s
 bench: install  ## training speed vs TRL and plain transformers, each config in its own process (ARGS="--model tiny")
 	$(PY) bench/bench.py $(ARGS)
 	$(PY) bench/bench_load.py
+	$(PY) bench/bench_filter.py
 
 test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer (+ Chromium for the browser tests)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium missing: browser tests will be skipped (apt-get install -y chromium)"

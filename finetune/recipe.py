@@ -88,6 +88,9 @@ class DataSpec:
 
     train: str = ""
     """Training file (JSON or JSONL)."""
+    sources: tuple[str, ...] = ()
+    """Instead of ``train``: several files mixed into one training set, each ``FILE:FORMAT[:N|:RATIO]`` as for
+    ``python -m finetune.data mix`` (N examples, or a share of the mix), seeded by ``training.seed``."""
     format: str = "alpaca"
     """Record layout: alpaca, adgen, sharegpt, firefly, messages or text (see README, "Data formats")."""
     template: str = "auto"
@@ -243,8 +246,10 @@ class Recipe:
     def __post_init__(self):
         if not self.name or not self.name.replace("-", "_").replace(".", "_").isidentifier():
             raise RecipeError(f"Recipe name {self.name!r} must be a short identifier (letters, digits, _ - .).")
-        if not self.data.train:
-            raise RecipeError("data.train is empty: set it to a JSON/JSONL file of examples.")
+        if not self.data.train and not self.data.sources:
+            raise RecipeError("data.train is empty: set it to a JSON/JSONL file of examples (or data.sources).")
+        if self.data.train and self.data.sources:
+            raise RecipeError("Set data.train or data.sources, not both.")
         if self.data.batching == "padding_free" and self.method.name == "ptuning":
             raise RecipeError("data.batching=padding_free does not combine with P-Tuning v2 (every packed example "
                               "would need its own prefix); use padded or group_by_length.")
@@ -273,8 +278,9 @@ def recipe_from_dict(data: Mapping[str, Any]) -> Recipe:
     model = dict(data["model"])
     if model.get("quantization") is not None:
         model["quantization"] = QuantSpec(**model["quantization"])
+    data_spec = {**data["data"], "sources": tuple(data["data"].get("sources") or ())}
     return Recipe(
-        name=data["name"], model=ModelSpec(**model), data=DataSpec(**data["data"]),
+        name=data["name"], model=ModelSpec(**model), data=DataSpec(**data_spec),
         method=method_cls(**method), training=TrainingSpec(**data["training"]), eval=EvalSpec(**data["eval"]),
     )
 

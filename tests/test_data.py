@@ -178,3 +178,17 @@ def test_overlong_policy_from_the_recipe(tokenizer, tmp_path, policy):
         assert len(data.train) == 3 and sum(data.train["truncated"]) == 1
     else:
         assert len(data.train) == 2 and data.skipped == {"longer than max_length=64 (data.overlong=drop)": 1}
+
+
+def test_recipe_sources_are_mixed_with_a_source_field(tokenizer, tmp_path):
+    from finetune.data import build_datasets
+    from finetune.recipe import DataSpec
+
+    a = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"A{i}", "input": "", "output": "x"} for i in range(10)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"conversation": [{"human": f"B{i}", "assistant": "y"}]} for i in range(10)])
+    spec = DataSpec(sources=(f"{a}:alpaca:6", f"{b}:firefly:4"), template="chatml")
+    data = build_datasets(spec, tokenizer, get_template("chatml"), 64)
+    prompts = [m[0]["content"] for m in data.train["messages"]]
+    assert len(prompts) == 10 and sum(p.startswith("A") for p in prompts) == 6
+    again = build_datasets(spec, tokenizer, get_template("chatml"), 64)  # same seed, same mix, from the cache
+    assert again.cache_hit and [m[0]["content"] for m in again.train["messages"]] == prompts

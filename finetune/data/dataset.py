@@ -6,6 +6,7 @@ never re-tokenizes; any change gives a new key, so a stale cache cannot be read.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -53,6 +54,8 @@ def build_datasets(spec: DataSpec, tokenizer, template, max_length: int, seed: i
     encoder = Encoder(tokenizer, template, max_length)
     skipped: Counter = Counter()
     started = time.perf_counter()
+    if spec.sources:
+        spec = dataclasses.replace(spec, train=str(_mixed(spec.sources, seed)), format="messages")
     train, hit = _tokenized(spec, spec.train, encoder, skipped)
     evaluation = None
     if spec.eval:
@@ -87,6 +90,23 @@ def _tokenized(spec: DataSpec, path: str, encoder: Encoder, skipped: Counter, pr
         skipped[prefix + "no supervised token (prompt fills max_length)"] += empty
         tokenized = tokenized.filter(lambda n: n > 0, input_columns="num_supervised")
     return tokenized, hit
+
+
+def _mixed(sources: tuple[str, ...], seed: int) -> Path:
+    """The recipe's sources mixed into one ``messages`` file in the cache (rebuilt when any input changes)."""
+    from .tools.mix import mix_files, parse_source
+
+    parsed = [parse_source(s) for s in sources]
+    digest = hashlib.sha256(json.dumps([list(sources), seed]).encode())
+    for source in parsed:
+        digest.update(Path(source.path).read_bytes())
+    out = cache_dir("data") / f"mix-{digest.hexdigest()[:24]}.jsonl"
+    if not out.exists():
+        staging = out.with_suffix(".tmp")
+        rows, _ = mix_files(parsed, staging, fmt="messages", seed=seed)
+        staging.rename(out)
+        logger.info("Mixed %s into %s", ", ".join(f"{r.name}: {r.taken}" for r in rows), out)
+    return out
 
 
 def _apply_overlong_policy(tokenized, policy: str, path: str, max_length: int, skipped: Counter, prefix: str):

@@ -169,7 +169,10 @@ def _messages(where: str, record: dict) -> list[dict]:
     for i, turn in enumerate(_turns(where, record, "messages")):
         if not isinstance(turn, dict) or turn.get("role") not in ("system", "user", "assistant"):
             raise DataError(f"{where}: field 'messages'[{i}].role must be system, user or assistant.")
-        messages.append({"role": turn["role"], "content": _text(f"{where} messages[{i}]", turn, "content")})
+        message = {"role": turn["role"], "content": _text(f"{where} messages[{i}]", turn, "content")}
+        if turn.get("input"):  # an Alpaca input kept as its own field (finetune.data convert/mix write it)
+            message["input"] = _text(f"{where} messages[{i}]", turn, "input")
+        messages.append(message)
     return _check_alternation(where, "messages", messages)
 
 
