@@ -56,11 +56,11 @@ test-slow: install  ## trains the real SmolLM2-135M
 	$(PY) -m pytest -m slow -q
 
 quality: install
-	$(PY) -m flake8 finetune tests recipes data
-	$(PY) -m isort --check-only --diff finetune tests recipes data
+	$(PY) -m flake8 finetune tests recipes data bench
+	$(PY) -m isort --check-only --diff finetune tests recipes data bench
 
 style: install
-	$(PY) -m isort finetune tests recipes data
+	$(PY) -m isort finetune tests recipes data bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
