@@ -89,9 +89,8 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
         processing_class=tokenizer, template=template, recipe=recipe, callbacks=[stop, MarkComplete(), *tracking],
     )
     result = RunResult(output_dir)
-    samples = list(data.eval.select(range(min(recipe.eval.samples, len(data.eval))))["messages"]) \
-        if data.eval is not None else []
     if data.eval is not None:
+        samples = list(data.eval.select(range(min(recipe.eval.samples, len(data.eval))))["messages"])
         with _untrained(trainer.model):  # "before" is the base model: a fresh random prefix is not a baseline
             before = _held_out(trainer, tokenizer, template, samples, recipe)
 
