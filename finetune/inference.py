@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .methods.ptuning import PREFIX_CONFIG, load_prefix_model
-from .models import load_model, load_tokenizer, resolve_family, resolve_model_path
+from .models import Family, load_model, load_tokenizer, resolve_family, resolve_model_path
 from .recipe import Recipe, recipe_from_dict
 from .templates import template_from_dict
 
@@ -22,6 +22,9 @@ class LoadedRun:
     template: object
     recipe: Recipe
     path: Path
+    base_path: Path
+    """Folder of the base model the run was trained from."""
+    family: Family
 
 
 def load_run(run_dir: str | Path, base: bool = False) -> LoadedRun:
@@ -43,16 +46,14 @@ def load_run(run_dir: str | Path, base: bool = False) -> LoadedRun:
     path = resolve_model_path(recipe.model.path)
     family = resolve_family(recipe.model, path)
     tokenizer = load_tokenizer(run_dir, family)
-    if recipe.method.name == "full" and not base:
-        model = load_model(run_dir, family, recipe.model)
+    full_run = recipe.method.name == "full" and not base
+    model = load_model(run_dir if full_run else path, family, recipe.model)
+    if base or full_run:
+        pass  # the weights loaded are already the ones asked for
+    elif (run_dir / PREFIX_CONFIG).exists():
+        model = load_prefix_model(model, run_dir)
     else:
-        model = load_model(path, family, recipe.model)
-        if base:
-            pass
-        elif (run_dir / PREFIX_CONFIG).exists():
-            model = load_prefix_model(model, run_dir)
-        else:
-            from peft import PeftModel
+        from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, run_dir)
-    return LoadedRun(model.eval(), tokenizer, template, recipe, run_dir)
+        model = PeftModel.from_pretrained(model, run_dir)
+    return LoadedRun(model.eval(), tokenizer, template, recipe, run_dir, path, family)

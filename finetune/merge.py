@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .inference import load_run
-from .models import load_model, load_tokenizer, resolve_family, resolve_model_path
+from .models import load_model
 from .trainers import write_run_files
 
 __all__ = ["merge_run", "main"]
@@ -39,10 +39,8 @@ def merge_run(run_dir: str | Path, out: str | Path) -> dict:
     if trained.recipe.method.name != "lora":
         raise ValueError(f"{run_dir}: only LoRA/QLoRA runs can be merged (this one used {trained.recipe.method.name}).")
     spec = trained.recipe.model
-    path = resolve_model_path(spec.path)
-    family = resolve_family(spec, path)
     dtype_spec = spec if spec.quantization is None else _with_dtype(spec, spec.quantization.compute_dtype)
-    base = load_model(path, family, dtype_spec, quantize=False)
+    base = load_model(trained.base_path, trained.family, dtype_spec, quantize=False)
     merged = PeftModel.from_pretrained(base, run_dir).merge_and_unload().eval()
 
     probe = trained.tokenizer(PROBE, return_tensors="pt")
@@ -55,7 +53,7 @@ def merge_run(run_dir: str | Path, out: str | Path) -> dict:
               "quantized_base": spec.quantization is not None, "probe_tokens": int(probe["input_ids"].shape[1])}
 
     merged.save_pretrained(out)
-    load_tokenizer(run_dir, family).save_pretrained(out)
+    trained.tokenizer.save_pretrained(out)
     write_run_files(out, trained.template, trained.recipe)
     (out / "merge_report.json").write_text(json.dumps(report, indent=2))
     return report

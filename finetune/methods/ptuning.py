@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
+from ..models.chatglm2 import chatglm2_position_ids  # real tokens from 0, whatever the family
+
 __all__ = ["PrefixEncoder", "PrefixModel", "apply_ptuning", "load_prefix_model", "PREFIX_WEIGHTS", "PREFIX_CONFIG"]
 
 PREFIX_WEIGHTS = "prefix_encoder.safetensors"
@@ -109,7 +111,7 @@ class PrefixModel(nn.Module):
         past = self.prefix_encoder(batch, self.base_model.get_input_embeddings().weight.dtype)
         prefix_mask = attention_mask.new_ones(batch, self.pre_seq_len)
         return {"input_ids": input_ids, "attention_mask": torch.cat([prefix_mask, attention_mask], -1),
-                "position_ids": (attention_mask.long().cumsum(-1) - 1).clamp(min=0),
+                "position_ids": chatglm2_position_ids(attention_mask),
                 self._cache_kwarg: prefix_cache(past, read_only)}
 
     @contextlib.contextmanager
