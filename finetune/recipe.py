@@ -59,6 +59,10 @@ class ModelSpec:
     """Model family (``llama``, ``opt``, ``chatglm2``); ``auto`` reads it from the config's ``model_type``."""
     dtype: str = "auto"
     """Weights dtype; ``auto`` is bfloat16 on a GPU that supports it, float32 on CPU."""
+    attn_implementation: str = "auto"
+    """Attention kernel as transformers names it (``sdpa``, ``eager``, ``flash_attention_2``, ...). ``auto`` is
+    ``sdpa_packed`` (``finetune/attention.py``): SDPA per packed example, so padding-free rows spend nothing on
+    attention between examples, and P-Tuning v2 can train padding-free too."""
     max_length: int = 512
     """Longest tokenized example (prompt + answer); longer ones are truncated and counted."""
     quantization: Optional[QuantSpec] = None
@@ -113,7 +117,8 @@ class DataSpec:
     batching: str = "auto"
     """``padding_free`` (examples concatenated into one row, positions restarting at 0: no pad token is
     computed), ``padded`` (right padding to the longest in the batch), or ``group_by_length`` (padded batches of
-    similar lengths). ``auto``: padding_free, the fastest in ``make bench``, except for P-Tuning v2 (padded)."""
+    similar lengths). ``auto``: padding_free, the fastest in ``make bench`` (P-Tuning v2 too, unless
+    model.attn_implementation names a kernel that cannot share its prefix between packed examples: then padded)."""
 
     def __post_init__(self):
         _check_choice("data.format", self.format, DATA_FORMATS)
@@ -250,16 +255,20 @@ class Recipe:
             raise RecipeError("data.train is empty: set it to a JSON/JSONL file of examples (or data.sources).")
         if self.data.train and self.data.sources:
             raise RecipeError("Set data.train or data.sources, not both.")
-        if self.data.batching == "padding_free" and self.method.name == "ptuning":
-            raise RecipeError("data.batching=padding_free does not combine with P-Tuning v2 (every packed example "
-                              "would need its own prefix); use padded or group_by_length.")
+        if (self.data.batching == "padding_free" and self.method.name == "ptuning"
+                and self.model.attn_implementation not in ("auto", "sdpa_packed")):
+            raise RecipeError(f"data.batching=padding_free with P-Tuning v2 needs model.attn_implementation=auto "
+                              f"(sdpa_packed: every packed example attends to the prefix and to itself only); "
+                              f"{self.model.attn_implementation!r} cannot, so use it with data.batching=padded.")
 
 
 def resolved_batching(recipe: Recipe) -> str:
-    """``data.batching`` with ``auto`` decided: padding-free, except P-Tuning (each example needs its own prefix)."""
+    """``data.batching`` with ``auto`` decided: padding-free, unless P-Tuning v2 runs on an attention kernel that
+    cannot share one prefix between packed examples."""
     if recipe.data.batching != "auto":
         return recipe.data.batching
-    return "padded" if recipe.method.name == "ptuning" else "padding_free"
+    packs_prefix = recipe.model.attn_implementation in ("auto", "sdpa_packed")
+    return "padded" if recipe.method.name == "ptuning" and not packs_prefix else "padding_free"
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

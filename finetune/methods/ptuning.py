@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
+from ..attention import PACKED_SDPA
 from ..models.chatglm2 import chatglm2_position_ids  # real tokens from 0, whatever the family
 
 __all__ = ["PrefixEncoder", "PrefixModel", "apply_ptuning", "load_prefix_model", "PREFIX_WEIGHTS", "PREFIX_CONFIG"]
@@ -104,15 +105,21 @@ class PrefixModel(nn.Module):
     def pre_seq_len(self) -> int:
         return self.prefix_encoder.config["pre_seq_len"]
 
-    def _inputs(self, input_ids, attention_mask, read_only: bool) -> dict:
+    def _inputs(self, input_ids, attention_mask, read_only: bool, position_ids=None) -> dict:
+        """The base model's inputs with the prefix as a cache; ``position_ids`` are kept only for packed rows."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = chatglm2_position_ids(attention_mask)
+        elif self.config._attn_implementation != PACKED_SDPA:
+            raise ValueError(f"A padding-free (packed) batch under P-Tuning v2 needs attn_implementation="
+                             f"{PACKED_SDPA!r} (each example must see the prefix and itself only); this model runs "
+                             f"{self.config._attn_implementation!r}. Use data.batching=padded.")
         batch = input_ids.shape[0]
         past = self.prefix_encoder(batch, self.base_model.get_input_embeddings().weight.dtype)
         prefix_mask = attention_mask.new_ones(batch, self.pre_seq_len)
         return {"input_ids": input_ids, "attention_mask": torch.cat([prefix_mask, attention_mask], -1),
-                "position_ids": chatglm2_position_ids(attention_mask),
-                self._cache_kwarg: prefix_cache(past, read_only)}
+                "position_ids": position_ids, self._cache_kwarg: prefix_cache(past, read_only)}
 
     @contextlib.contextmanager
     def disable_prefix(self):
@@ -123,12 +130,15 @@ class PrefixModel(nn.Module):
         finally:
             self._prefix_off = False
 
-    def forward(self, input_ids, attention_mask=None, **kwargs):
-        kwargs.pop("position_ids", None)
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        """Padded batches (real tokens numbered from 0 whatever the padding), or packed rows with the collator's
+        restarting ``position_ids`` and no mask."""
         kwargs.pop("use_cache", None)
+        packed = position_ids if attention_mask is None else None
         if self._prefix_off:
-            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-        return self.base_model(**self._inputs(input_ids, attention_mask, read_only=True), use_cache=False, **kwargs)
+            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=packed,
+                                   use_cache=False, **kwargs)
+        return self.base_model(**self._inputs(input_ids, attention_mask, True, packed), use_cache=False, **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 64, eos_token_id=None,

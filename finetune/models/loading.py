@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..attention import resolve_attention
 from ..recipe import ModelSpec
 from .embedded import embedded_model_path, is_embedded
 from .family import Family, detect_family, get_family
@@ -92,6 +93,7 @@ def load_model(path: Path, family: Family, spec: ModelSpec, quantize: bool = Tru
         kwargs: passed to ``from_pretrained``.
     """
     dtype = resolve_dtype(spec.dtype)
+    kwargs.setdefault("attn_implementation", resolve_attention(spec.attn_implementation, _config(path)))
     if spec.quantization is not None and quantize:
         kwargs.update(quantization_config=_bnb_config(spec.quantization), device_map={"": _device()})
         dtype = resolve_dtype(spec.quantization.compute_dtype)
