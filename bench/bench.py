@@ -3,17 +3,15 @@
     python bench/bench.py [--model tiny|smollm2] [--steps 30] [--skip 3] [--out bench-results/results.json]
                           [--configs trl_default,finetune_lora_padding_free,...]
 
-Every configuration trains in its own process (this script with ``--worker CONFIG``), one after the other, on the
-same model, data (256 long-tailed Alpaca examples, tokenized once by our encoder with the ChatML template), seed,
-LoRA (r 8, alpha 16, all linear layers, dropout 0 so losses are comparable), learning rate and batch size 8.
-See bench/README.md for what each configuration is and how each number is computed.
+Every configuration (``workloads.py``) trains in its own process (this script with ``--worker CONFIG``), one
+after the other, on the same model, data, seed, LoRA, learning rate and batch size. This file times them and
+reports. See bench/README.md for what each configuration is and how each number is computed.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import random
 import resource
 import shutil
 import subprocess
@@ -25,56 +23,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PEERS = ("trl_default", "trl_padding_free", "hf_group_by_length", "hf_flattening")
-OURS = {  # config -> (method, batching, model.attn_implementation)
-    "finetune_lora_padded": ("lora", "padded", "auto"),
-    "finetune_lora_padding_free": ("lora", "padding_free", "auto"),
-    "finetune_lora_group_by_length": ("lora", "group_by_length", "auto"),
-    "finetune_ptuning": ("ptuning", "padding_free", "auto"),
-    # Ablation: our padding-free trainer on transformers' dense block-diagonal SDPA mask instead of sdpa_packed.
-    "finetune_lora_padding_free_dense_sdpa": ("lora", "padding_free", "sdpa"),
-}
-CONFIGS = PEERS + tuple(OURS)
-EXAMPLES, BATCH, LEARNING_RATE, MAX_LENGTH, SEED = 256, 8, 2e-4, 512, 0
-# Answers of 1 sentence are most common, a few run to 24 sentences (~500 tokens): the long tail of real SFT data.
-SENTENCES = ((1, 45), (2, 20), (3, 12), (4, 6), (6, 6), (8, 4), (12, 3), (16, 2), (24, 2))
+from workloads import (  # noqa: E402 - the bench folder is on the path when this file runs
+    BATCH,
+    CONFIGS,
+    DEFAULT,
+    EXAMPLES,
+    MAX_LENGTH,
+    OURS,
+    PEERS,
+    build_ours,
+    build_peer,
+    tiny_model,
+    write_data,
+)
 
-
-# ---------------------------------------------------------------- inputs shared by every configuration
-
-def write_data(path: Path, n: int = EXAMPLES, seed: int = SEED) -> None:
-    """Alpaca records from the bundled Unicode names, with answers of long-tailed length."""
-    base = [json.loads(line) for line in (ROOT / "data/unicode_names/train.jsonl").read_text().splitlines()]
-    rng = random.Random(seed)
-    counts, weights = zip(*SENTENCES)
-    with open(path, "w", encoding="utf-8") as handle:
-        for i in range(n):
-            record = dict(base[i % len(base)])
-            extra = [rng.choice(base) for _ in range(rng.choices(counts, weights)[0] - 1)]
-            record["output"] = " ".join([record["output"]] + [
-                f"Unlike {record['input']}, the character {o['input']} is called {o['output'].lower()}."
-                for o in extra])
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def tiny_model(folder: Path, tokenizer_path: Path) -> Path:
-    """A random Llama (hidden 256, 4 layers, 8 heads / 4 kv heads) with SmolLM2's tokenizer, saved once."""
-    if (folder / "config.json").exists():
-        return folder
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=True)
-    torch.manual_seed(SEED)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
-    AutoModelForCausalLM.from_config(config).save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    staging.rename(folder)
-    return folder
+# ---------------------------------------------------------------- the machine
 
 
 def matmul_peak(device: str) -> dict:
@@ -135,7 +98,7 @@ def run_worker(config: str, model_path: Path, data_path: Path, steps: int, skip:
             return batch
         return wrapped
 
-    build = _build_ours if config in OURS else _build_peer
+    build = build_ours if config in OURS else build_peer
     trainer, info = build(config, model_path, data_path, steps)
     trainer.add_callback(StepTimer())
     trainer.data_collator = counting(trainer.data_collator)
@@ -172,107 +135,6 @@ def run_worker(config: str, model_path: Path, data_path: Path, steps: int, skip:
     return result
 
 
-def _build_ours(config: str, model_path: Path, data_path: Path, steps: int):
-    """Our trainer built with the same functions ``finetune.train.train`` calls, in the same order."""
-    from transformers import set_seed
-
-    from finetune.data import LabelAudit, build_datasets
-    from finetune.methods import apply_method
-    from finetune.models import load_model, load_tokenizer, resolve_family
-    from finetune.recipe import DataSpec, LoraSpec, ModelSpec, PTuningSpec, Recipe, TrainingSpec
-    from finetune.templates import get_template
-    from finetune.train import make_collator, training_arguments
-    from finetune.trainers import trainer_class
-
-    set_seed(SEED)
-    method_name, batching, attention = OURS[config]
-    method = LoraSpec(r=8, alpha=16, dropout=0.0) if method_name == "lora" else PTuningSpec(
-        pre_seq_len=16, prefix_projection=False, prefix_dropout=0.0)
-    output_dir = _output_dir(config)
-    recipe = Recipe(
-        name=config, model=ModelSpec(path=str(model_path), max_length=MAX_LENGTH, attn_implementation=attention),
-        data=DataSpec(train=str(data_path), format="alpaca", template="chatml", batching=batching),
-        method=method,
-        training=TrainingSpec(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=BATCH,
-                              learning_rate=LEARNING_RATE, lr_scheduler_type="linear", logging_steps=1, seed=SEED))
-    family = resolve_family(recipe.model, model_path)
-    tokenizer = load_tokenizer(model_path, family)
-    template = get_template(recipe.data.template)
-
-    def tokenize():
-        built = build_datasets(recipe.data, tokenizer, template, MAX_LENGTH, SEED)
-        return built, {"seconds": round(built.tokenize_seconds, 3), "cache_hit": built.cache_hit,
-                       "examples_per_s": round(len(built.train) / built.tokenize_seconds, 1)}
-
-    data, cold = tokenize()
-    LabelAudit.of(data.train, tokenizer, data.skipped)  # train() always audits; it counts toward the first step
-    model = load_model(model_path, family, recipe.model)
-    base_parameters = sum(p.numel() for p in model.parameters())
-    set_seed(SEED)  # the same adapter initialisation in every configuration
-    model = apply_method(model, recipe.method, family)
-    trainer = trainer_class(method_name)(
-        model=model, args=training_arguments(recipe.training, output_dir, batching), train_dataset=data.train,
-        data_collator=make_collator(batching, tokenizer), processing_class=tokenizer, template=template, recipe=recipe)
-    return trainer, {"tokenize": {"cold": cold}, "warm_cache": lambda: tokenize()[1],
-                     "base_parameters": base_parameters}
-
-
-def _build_peer(config: str, model_path: Path, data_path: Path, steps: int):
-    """TRL's SFTTrainer or a plain transformers Trainer on the same tokenized examples (input_ids and labels)."""
-    import torch
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, set_seed
-
-    from finetune.data import build_datasets
-    from finetune.methods.lora import lora_config
-    from finetune.models import load_tokenizer, resolve_dtype, resolve_family
-    from finetune.recipe import DataSpec, LoraSpec, ModelSpec
-    from finetune.templates import get_template
-
-    set_seed(SEED)
-    family = resolve_family(ModelSpec(path=str(model_path)), model_path)
-    tokenizer = load_tokenizer(model_path, family)  # our pad token (distinct from EOS); TRL would use it too
-    spec = DataSpec(train=str(data_path), format="alpaca", template="chatml")
-    data = build_datasets(spec, tokenizer, get_template("chatml"), MAX_LENGTH, SEED).train
-    # TRL keeps a "labels" column as it is; a "completion_mask" column would be ignored for pre-tokenized data
-    # unless completion_only_loss=True (its default None means True only for raw prompt/completion text).
-    data = data.select_columns(["input_ids", "labels"])
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=resolve_dtype("auto"))
-    base_parameters = sum(p.numel() for p in model.parameters())
-    lora = lora_config(LoraSpec(r=8, alpha=16, dropout=0.0), family)
-    cuda = torch.cuda.is_available()
-    common = dict(output_dir=str(_output_dir(config)), max_steps=steps,
-                  per_device_train_batch_size=BATCH, learning_rate=LEARNING_RATE, logging_steps=1, seed=SEED,
-                  report_to="none", save_strategy="no", disable_tqdm=True)
-    if config.startswith("trl_"):
-        from trl import SFTConfig, SFTTrainer
-
-        # TRL's defaults (gradient checkpointing on, bf16 on) except what CPU needs.
-        extra = {"padding_free": True, "max_length": None} if config == "trl_padding_free" else {}
-        args = SFTConfig(**common, **({} if cuda else {"use_cpu": True, "bf16": False}), **extra)
-        set_seed(SEED)  # SFTTrainer wraps the model with peft_config first thing
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                             peft_config=lora)
-        return trainer, {"base_parameters": base_parameters}
-
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer, TrainingArguments
-
-    sampling = {"train_sampling_strategy": "group_by_length"} if config == "hf_group_by_length" else {}
-    args = TrainingArguments(**common, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), **sampling)
-    collator = DataCollatorWithFlattening() if config == "hf_flattening" else DataCollatorForSeq2Seq(tokenizer)
-    set_seed(SEED)
-    trainer = Trainer(model=get_peft_model(model, lora), args=args, train_dataset=data, data_collator=collator,
-                      processing_class=tokenizer)
-    return trainer, {"base_parameters": base_parameters}
-
-
-def _output_dir(config: str) -> Path:
-    """A run folder inside the worker's own cache folder, which the main run deletes at the end."""
-    folder = Path(os.environ.get("FINETUNE_CACHE") or tempfile.mkdtemp()) / f"run-{config}"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 # ---------------------------------------------------------------- the run: workers, ratios, table, JSON
 
 def summarise(results: dict, peak: dict, model: str) -> dict:
@@ -291,14 +153,17 @@ def summarise(results: dict, peak: dict, model: str) -> dict:
         r["achieved_gflops"] = round(4 * r["base_parameters"] * r["real_tokens_per_s"] / 1e9, 2)
         r["fraction_of_peak"] = round(r["achieved_gflops"] / peak_gflops, 4) if peak_gflops else None
     targets = {}
-    for r in (ok[c] for c in OURS if c in ok and OURS[c][0] == "lora" and OURS[c][2] == "auto"):
+    if DEFAULT in ok:  # the targets are the default's (recipes that set nothing get it)
+        r = ok[DEFAULT]
         best_ratio, trl_ratio = r["ratio_to_best_peer"], r["ratio_to_trl_default"]
-        targets[r["config"]] = {
+        targets[DEFAULT] = {
             "tokens_per_s_vs_best_peer (>= 1.2)": best_ratio.get("real_tokens_per_s"),
             "tokens_per_s_vs_trl_default (>= 4)": trl_ratio.get("real_tokens_per_s"),
             "padding_efficiency (>= 0.95)": r["padding_efficiency"],
             "peak_rss_vs_best_peer (<= 1)": best_ratio.get("peak_rss_mb")}
-    reference = "finetune_lora_" + OURS["finetune_ptuning"][1]
+    # P-Tuning against LoRA on the same batching.
+    reference = next(c for c, s in OURS.items()
+                     if s.method == "lora" and s.batching == OURS["finetune_ptuning"].batching and not s.ablation)
     if "finetune_ptuning" in ok and reference in ok:
         targets["finetune_ptuning"] = {f"time_per_token_vs_{reference} (<= 1.3)": round(
             ok[reference]["real_tokens_per_s"] / ok["finetune_ptuning"]["real_tokens_per_s"], 3)}
