@@ -162,7 +162,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from finetune.data.tools.convert import write_records
-    from finetune.data.tools.filter import FilterConfig, filter_file, rouge_l, tokenize
+    from finetune.data.tools.filter import FilterConfig, filter_file
+    from finetune.data.tools.rouge import rouge_l, tokenize
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "generated.jsonl"

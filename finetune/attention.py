@@ -41,6 +41,18 @@ def segment_lengths(position_ids: torch.Tensor) -> list[list[int]]:
     return rows
 
 
+_last_layout: tuple = (None, None)
+
+
+def _layout(position_ids: torch.Tensor, q_len: int) -> list[list[int]]:
+    """``segment_lengths`` once per forward: every layer gets the same ``position_ids`` tensor, and reading it
+    back to the host (a device sync on GPU) for each of them would be wasted."""
+    global _last_layout
+    if _last_layout[0] is not position_ids:
+        _last_layout = (position_ids, segment_lengths(position_ids[:, -q_len:]))
+    return _last_layout[1]
+
+
 def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                           position_ids=None, **kwargs):
     """An ``AttentionInterface`` function: (batch, heads, len, dim) in, (batch, len, heads, dim) out."""
@@ -48,9 +60,7 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     q_len = query.shape[2]
-    if position_ids is None:
-        position_ids = torch.arange(q_len, device=query.device)[None]
-    rows = segment_lengths(position_ids[:, -q_len:])
+    rows = _layout(position_ids, q_len) if position_ids is not None else [[q_len]]
     options = {"scale": scaling, "dropout_p": dropout if module.training else 0.0,
                "enable_gqa": query.shape[1] != key.shape[1]}
     if len(rows) == 1 or all(r == rows[0] for r in rows):  # one layout for the whole batch (the packed row)

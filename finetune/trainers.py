@@ -1,12 +1,12 @@
 """Trainer subclasses: the loss hook and the save hook, each short and delegating to ``transformers.Trainer``."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer
 
 try:
@@ -15,24 +15,10 @@ except ImportError:  # Python < 3.12
     from typing_extensions import override
 
 from .data.tokenize import IGNORE_INDEX
+from .loss import causal_lm_loss, chunked_linear_cross_entropy, fusable_head, hidden_states_out
 from .recipe import recipe_to_dict
 
-__all__ = ["SFTTrainer", "PrefixTrainer", "trainer_class", "causal_lm_loss", "write_run_files"]
-
-
-def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
-                   num_items_in_batch: Optional[torch.Tensor | int] = None) -> torch.Tensor:
-    """Summed token loss over supervised targets divided by ``num_items_in_batch``.
-
-    ``logits[:, i]`` predicts ``targets[:, i]`` (already shifted). Dividing the sum by the number of supervised
-    tokens in the whole accumulated batch, not per micro-batch, makes bs 1 x accumulation 4 equal bs 4.
-    With ``label_smoothing`` = e the token loss is (1 - e) * NLL + e * mean over the vocabulary of -log p,
-    transformers' ``LabelSmoother`` definition (PyTorch's ``label_smoothing`` computes exactly that).
-    """
-    total = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=label_smoothing)
-    count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
-    return total / torch.clamp(torch.as_tensor(count, device=total.device), min=1)
+__all__ = ["SFTTrainer", "PrefixTrainer", "trainer_class", "write_run_files"]
 
 
 def write_run_files(output_dir: str | Path, template, recipe) -> None:
@@ -65,14 +51,21 @@ class SFTTrainer(Trainer):
 
     @override
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Loss over supervised tokens only; logits are computed just where some row has a label."""
+        """Loss over supervised tokens only: the body runs on every token, the LM head only where some row has a
+        label, and in training the head's logits are made and dropped a chunk at a time (``finetune/loss.py``)."""
         inputs = dict(inputs)
         lines = inputs.pop("lines", None)
         targets = inputs.pop("labels")[:, 1:]
         keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
+        smoothing, fused = self.args.label_smoothing_factor, model.training and self._fusable_head(model)
         # use_cache=False: no cache is needed in training, and one would stop packed rows getting a block mask.
-        outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-        loss = causal_lm_loss(outputs.logits, targets[:, keep], self.args.label_smoothing_factor, num_items_in_batch)
+        with hidden_states_out(fused[0]) if fused else contextlib.nullcontext():
+            outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+        if fused:  # outputs.logits holds the final hidden states at `keep`
+            loss = chunked_linear_cross_entropy(outputs.logits, fused[1], targets[:, keep], smoothing,
+                                                num_items_in_batch)
+        else:
+            loss = causal_lm_loss(outputs.logits, targets[:, keep], smoothing, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is already global
         if model.training and not torch.isfinite(loss):
@@ -81,6 +74,13 @@ class SFTTrainer(Trainer):
                 f"{lines.tolist() if lines is not None else '?'} of the training file. Lower "
                 "training.learning_rate or max_grad_norm, check those examples, and prefer bf16/fp32 to fp16.")
         return (loss, outputs) if return_outputs else loss
+
+    def _fusable_head(self, model):
+        """(causal LM, LM head) for the chunked loss; ``None`` where the head's weight is not whole on this device
+        (FSDP, DeepSpeed ZeRO shard it) or the head is not a plain Linear (LoRA on it, quantised)."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return None
+        return fusable_head(model)
 
     @override
     def _save(self, output_dir: Optional[str] = None, state_dict=None):

@@ -52,7 +52,7 @@ def test_padding_free_loss_equals_the_padded_loss(tiny_llama):
     from transformers import AutoModelForCausalLM
 
     from finetune.collators import PaddingFreeCollator
-    from finetune.trainers import causal_lm_loss
+    from finetune.loss import causal_lm_loss
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="sdpa").eval()
     torch.manual_seed(0)

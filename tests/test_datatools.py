@@ -11,7 +11,7 @@ from rouge_score import rouge_scorer
 
 from finetune.data.__main__ import main
 from finetune.data.readers import read_examples
-from finetune.data.tools.filter import NearDuplicateIndex, lcs_length, rouge_l, tokenize
+from finetune.data.tools.rouge import NearDuplicateIndex, lcs_length, rouge_l, tokenize
 
 
 def write(path, records):
@@ -67,7 +67,7 @@ def test_prefix_index_finds_what_brute_force_finds():
             index.add(p)
             kept_by_index.append(p)
     assert kept_by_index == brute_kept
-    assert index.report.lcs < index.report.pairs / 5
+    assert index.stats.lcs < index.stats.pairs / 5
 
 
 # ---------------------------------------------------------------- filter

@@ -93,18 +93,19 @@ def load_model(path: Path, family: Family, spec: ModelSpec, quantize: bool = Tru
         kwargs: passed to ``from_pretrained``.
     """
     dtype = resolve_dtype(spec.dtype)
-    kwargs.setdefault("attn_implementation", resolve_attention(spec.attn_implementation, _config(path)))
+    raw = _config(path)
+    kwargs.setdefault("attn_implementation", resolve_attention(spec.attn_implementation, raw))
     if spec.quantization is not None and quantize:
         kwargs.update(quantization_config=_bnb_config(spec.quantization), device_map={"": _device()})
         dtype = resolve_dtype(spec.quantization.compute_dtype)
     _check_weights_format(path, spec)
-    if family.name == "chatglm2" and _config(path).get("model_type") == "chatglm":
+    if _is_original_chatglm2(family, raw):
         from .chatglm2 import load_chatglm2
 
         return _with_rope(load_chatglm2(path, dtype=dtype, **kwargs), spec)
     from transformers import AutoModelForCausalLM
 
-    config = load_config(path, family, spec)
+    config = load_config(path, family, spec, raw)
     check_context_window(config, spec)
     if spec.rope_scaling:
         config.rope_parameters = rope_parameters(config, spec)
@@ -138,12 +139,22 @@ def _check_weights_format(path: Path, spec: ModelSpec) -> None:
                          "torch.load(weights_only=True)).")
 
 
-def load_config(path: Path, family: Family, spec: ModelSpec):
-    """The transformers config of the base model (an original ChatGLM2 config is converted)."""
-    if family.name == "chatglm2" and _config(path).get("model_type") == "chatglm":
+def _is_original_chatglm2(family: Family, raw: dict) -> bool:
+    """A ChatGLM2 folder in THUDM's own format (converted on load), not one already converted to ``glm``."""
+    return family.name == "chatglm2" and raw.get("model_type") == "chatglm"
+
+
+def load_config(path: Path, family: Family, spec: ModelSpec, raw: dict | None = None):
+    """The transformers config of the base model (an original ChatGLM2 config is converted).
+
+    Args:
+        raw: ``config.json`` already read by the caller, to avoid reading it again.
+    """
+    raw = raw if raw is not None else _config(path)
+    if _is_original_chatglm2(family, raw):
         from .chatglm2 import convert_config
 
-        return convert_config(_config(path))
+        return convert_config(raw)
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code)

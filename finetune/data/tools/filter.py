@@ -10,31 +10,24 @@ ADGEN-style prompts cannot make them alike); other text becomes lower-cased lett
 exactly ``rouge_score``'s tokenizer (it drops other letters: "ũ"). The F-measure is ``rouge_score``'s, so the
 numbers agree with its scorer.
 
-Comparing every pair is quadratic, so candidates are pruned before any LCS is computed (prefix filtering, as in
-set-similarity joins). ROUGE-L F = 2·LCS/(m+n), and LCS <= the token-multiset overlap, so F >= t needs an overlap of
-at least t·n/(2-t) tokens for an n-token prompt. With tokens ordered rarest first, two multisets sharing that many
-tokens must share one within the first n - ceil(t·n/(2-t)) + 1 of each; only those prefixes are indexed and probed.
-Each match also bounds what the rest of both prompts can still share (PPJoin's positional filter); survivors
-are checked against the exact overlap bound from token counts, and only the rest reach the LCS.
+The ROUGE-L machinery (tokens, LCS, the pruned index) is in ``rouge.py``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import jieba
 from tqdm import tqdm
 
-from ...metrics import detect_language
 from .convert import load, write_records
+from .rouge import NearDuplicateIndex, SearchStats, rouge_l, tokenize
 
-__all__ = ["DEFAULT_KEYWORDS", "FilterConfig", "FilterReport", "NearDuplicateIndex", "filter_file", "input_text",
-           "lcs_length", "prompt_text", "repetition", "rouge_l", "tokenize"]
+__all__ = ["DEFAULT_KEYWORDS", "FilterConfig", "FilterReport", "filter_file", "input_text", "prompt_text",
+           "repetition"]
 
 DEFAULT_KEYWORDS = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
                     "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
@@ -42,7 +35,6 @@ DEFAULT_KEYWORDS = ("image", "images", "graph", "graphs", "picture", "pictures",
 """Self-instruct's blacklist (requests a text model cannot satisfy), plus the Chinese equivalents."""
 
 _UNITS = re.compile(r"[\u4e00-\u9fff]|[^\W_\u4e00-\u9fff]+")
-_WORDS = re.compile(r"[^\W_]+")
 
 
 @dataclass(frozen=True)
@@ -68,117 +60,12 @@ class FilterConfig:
 
 
 @dataclass
-class FilterReport:
+class FilterReport(SearchStats):
     """What a filter run kept and dropped, and how much work the candidate pruning saved."""
 
     total: int = 0
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
-    pairs: int = 0
-    """Prompt pairs a brute-force pass would score (each example against everything kept before it)."""
-    candidates: int = 0
-    """Pairs found through the prefix index (before the positional, length and overlap bounds)."""
-    lcs: int = 0
-    """Exact LCS computations run (candidates that passed the length and token-overlap bounds)."""
-
-
-def tokenize(text: str) -> list[str]:
-    """ROUGE tokens: jieba words for Chinese, lower-cased letter/digit words (``rouge_score``'s on ASCII) otherwise."""
-    if detect_language([text]) == "zh":
-        return [w for w in " ".join(jieba.cut(text)).split() if _WORDS.search(w)]
-    return _WORDS.findall(text.lower())
-
-
-def lcs_length(a: list, b: list) -> int:
-    """LCS length by the LCS dynamic programme in bit-parallel form (Hyyrö 2004): one DP row is one Python int,
-    so a row costs a few big-int operations instead of a loop over the other sequence."""
-    if len(a) < len(b):
-        a, b = b, a
-    masks: dict = {}
-    for i, token in enumerate(b):
-        masks[token] = masks.get(token, 0) | (1 << i)
-    full = (1 << len(b)) - 1
-    row = full
-    for token in a:
-        match = row & masks.get(token, 0)
-        row = ((row + match) | (row - match)) & full
-    return len(b) - bin(row).count("1")
-
-
-def rouge_l(target: list, prediction: list) -> float:
-    """ROUGE-L F-measure, computed as ``rouge_score.rouge_scorer._score_lcs`` does."""
-    if not target or not prediction:
-        return 0.0
-    lcs = lcs_length(target, prediction)
-    precision, recall = lcs / len(prediction), lcs / len(target)
-    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-
-
-class NearDuplicateIndex:
-    """Prompts kept so far, indexed by the rarest tokens of each, for ROUGE-L >= threshold look-ups.
-
-    Args:
-        threshold: The ROUGE-L F-measure at which two prompts count as near-duplicates.
-        rank: Token id -> position in the global rarest-first order (any fixed order is correct; rare first
-            keeps the posting lists short).
-    """
-
-    def __init__(self, threshold: float, rank: dict[int, int]):
-        self.t, self.rank = threshold, rank
-        self.tokens: list[list[int]] = []
-        self.elements: list[frozenset] = []
-        self.postings: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-        self.report = FilterReport()
-
-    def _elements(self, ids: list[int]) -> tuple[list[tuple[int, int]], int]:
-        """Token multiset as sorted elements (the k-th copy of a token is its own element), and its prefix length.
-
-        Only the first n - ceil(t·n/(2-t)) + 1 elements, rarest first, need to be indexed or probed.
-        """
-        elements = sorted((self.rank[w], k) for w, c in Counter(ids).items() for k in range(c))
-        alpha = max(1, math.ceil(self.t * len(ids) / (2 - self.t) - 1e-9))
-        return elements, len(ids) - alpha + 1
-
-    def find(self, ids: list[int], accept: Callable[[int], bool] | None = None) -> tuple[int, float] | None:
-        """The first kept prompt with ROUGE-L >= threshold against ``ids`` (and ``accept``-ed), as ``(position, F)``."""
-        n, t, postings = len(ids), self.t, self.postings
-        self.report.pairs += len(self.tokens)
-        shortest, longest = t * n / (2 - t) - 1e-9, (2 - t) * n / t + 1e-9
-        elements, prefix = self._elements(ids)
-        overlap: dict[int, int] = {}  # candidate -> shared elements seen so far; -1 once it cannot reach t
-        for i, element in enumerate(elements[:prefix]):
-            for c, j, m in postings.get(element, ()):
-                seen = overlap.get(c, 0)
-                if seen < 0:
-                    continue
-                # Positional filter (PPJoin): elements are sorted the same way in both prompts, so what is left
-                # after this match can add at most min(n-i-1, m-j-1) shared elements.
-                if shortest <= m <= longest and 2 * (seen + 1 + min(n - i - 1, m - j - 1)) >= t * (m + n) - 1e-9:
-                    overlap[c] = seen + 1
-                else:
-                    overlap[c] = -1
-        self.report.candidates += len(overlap)
-        bounded, mine = [], frozenset(elements)
-        for c, seen in overlap.items():
-            if seen > 0:
-                shared = len(mine & self.elements[c])  # the token-multiset overlap, an upper bound on the LCS
-                if 2 * shared >= t * (len(self.tokens[c]) + n) - 1e-9:
-                    bounded.append((-shared, c))
-        for _, c in sorted(bounded):  # most promising first: the first hit ends the search
-            self.report.lcs += 1
-            score = rouge_l(ids, self.tokens[c])
-            if score >= t and (accept is None or accept(c)):
-                return c, score
-        return None
-
-    def add(self, ids: list[int]) -> int:
-        """Keep a prompt; returns its position."""
-        position, (elements, prefix) = len(self.tokens), self._elements(ids)
-        self.tokens.append(ids)
-        self.elements.append(frozenset(elements))
-        for j, element in enumerate(elements[:prefix]):
-            self.postings.setdefault(element, []).append((position, j, len(ids)))
-        return position
 
 
 def prompt_text(messages: list[dict]) -> str:
@@ -295,7 +182,5 @@ def filter_file(src: str | Path, out: str | Path, fmt: str, config: FilterConfig
 
     write_records(out, kept)
     write_records(dropped_path(out), [entry for _, entry in sorted(dropped, key=lambda d: d[0])])
-    report = index.report
-    report.total, report.kept = len(loaded.examples) + len(loaded.unreadable), len(kept)
-    report.dropped = Counter(entry["reason"] for _, entry in dropped)
-    return report
+    return FilterReport(**dataclasses.asdict(index.stats), total=len(loaded.examples) + len(loaded.unreadable),
+                        kept=len(kept), dropped=Counter(entry["reason"] for _, entry in dropped))

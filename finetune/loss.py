@@ -1,0 +1,125 @@
+"""The causal-LM loss: over supervised tokens only, and in training without the full logits in memory.
+
+``causal_lm_loss`` takes logits. ``chunked_linear_cross_entropy`` takes the final hidden states and the LM head
+instead: it computes the logits a chunk of positions at a time, and with them the gradient with respect to the
+hidden states (and the head, if it trains), so a batch never holds (positions x vocabulary) logits, their
+log-softmax and their gradient at once. Memory for the loss drops from three such tensors to one chunk of
+~16M floats; the matmuls are the same as the plain path's. The idea is Liger-Kernel's fused linear cross-entropy,
+written here in plain PyTorch because it has to run on CPU and Liger's kernels are Triton (CUDA) only.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.tokenize import IGNORE_INDEX
+
+__all__ = ["causal_lm_loss", "chunked_linear_cross_entropy", "fusable_head", "hidden_states_out"]
+
+CHUNK_ELEMENTS = 2 ** 24
+"""Logits computed at once: positions per chunk x vocabulary (64 MB of fp32)."""
+
+
+def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0,
+                   num_items_in_batch: Optional[torch.Tensor | int] = None) -> torch.Tensor:
+    """Summed token loss over supervised targets divided by ``num_items_in_batch``.
+
+    ``logits[:, i]`` predicts ``targets[:, i]`` (already shifted). Dividing the sum by the number of supervised
+    tokens in the whole accumulated batch, not per micro-batch, makes bs 1 x accumulation 4 equal bs 4.
+    With ``label_smoothing`` = e the token loss is (1 - e) * NLL + e * mean over the vocabulary of -log p,
+    transformers' ``LabelSmoother`` definition (PyTorch's ``label_smoothing`` computes exactly that).
+    """
+    total = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=label_smoothing)
+    return total / _count(targets, num_items_in_batch, total.device)
+
+
+def _count(targets, num_items_in_batch, device) -> torch.Tensor:
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
+    return torch.clamp(torch.as_tensor(count, device=device), min=1)
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Sum over positions of the (label-smoothed) cross-entropy of ``hidden @ weight.T + bias``.
+
+    The backward pass is done during the forward, chunk by chunk, and only its results are kept.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, label_smoothing: float, chunk: int):
+        vocab = weight.shape[0]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if ctx.needs_input_grad[2] else None
+        for start in range(0, hidden.shape[0], chunk):
+            h, t = hidden[start:start + chunk], targets[start:start + chunk]
+            logits = F.linear(h, weight, bias).float()
+            lse = torch.logsumexp(logits, -1)
+            nll = lse - logits.gather(-1, t[:, None]).squeeze(-1)
+            smooth = lse - logits.mean(-1) if label_smoothing else 0.0
+            total += ((1 - label_smoothing) * nll + label_smoothing * smooth).sum()
+            # d loss / d logits = softmax - (1 - e) * one_hot(target) - e / V, built in place over the logits.
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad.scatter_add_(-1, t[:, None], grad.new_full((t.shape[0], 1), label_smoothing - 1))
+            if label_smoothing:
+                grad.sub_(label_smoothing / vocab)
+            if grad_hidden is not None:
+                grad_hidden[start:start + chunk] = grad.to(weight.dtype) @ weight
+            if grad_weight is not None:
+                grad_weight += grad.t() @ h.float()
+            if grad_bias is not None:
+                grad_bias += grad.sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (hidden_dtype, weight_dtype), grads = ctx.dtypes, ctx.saved_tensors
+        out = [None if g is None else (g * grad_output).to(dtype)
+               for g, dtype in zip(grads, (hidden_dtype, weight_dtype, weight_dtype))]
+        return (*out, None, None, None)
+
+
+def chunked_linear_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor,
+                                 label_smoothing: float = 0.0,
+                                 num_items_in_batch: Optional[torch.Tensor | int] = None) -> torch.Tensor:
+    """``causal_lm_loss(head(hidden), targets, ...)`` without materialising the logits of every position.
+
+    Args:
+        hidden: final hidden states, (..., hidden size); ``hidden[..., i, :]`` predicts ``targets[..., i]``.
+        head: the LM head (a plain ``nn.Linear``).
+        targets: token ids, ``-100`` where there is no label.
+    """
+    supervised = targets != IGNORE_INDEX
+    hidden, flat_targets = hidden[supervised], targets[supervised]
+    chunk = max(1, CHUNK_ELEMENTS // head.weight.shape[0])
+    total = _ChunkedLinearCrossEntropy.apply(hidden, head.weight, head.bias, flat_targets, float(label_smoothing),
+                                             chunk)
+    return total / _count(targets, num_items_in_batch, total.device)
+
+
+def fusable_head(model) -> tuple[nn.Module, nn.Linear] | None:
+    """The causal LM inside ``model`` (PEFT, P-Tuning and DDP wrappers included) and its LM head, when the head
+    is a plain ``nn.Linear`` — not adapted by LoRA, not quantised — so its weight can be used directly."""
+    for module in model.modules():
+        if hasattr(module, "get_output_embeddings") and hasattr(module, "set_output_embeddings"):
+            head = module.get_output_embeddings()
+            return (module, head) if type(head) is nn.Linear else None
+    return None
+
+
+@contextlib.contextmanager
+def hidden_states_out(causal_lm):
+    """Within this block the causal LM's head is the identity, so its ``logits`` are the final hidden states."""
+    head = causal_lm.get_output_embeddings()
+    causal_lm.set_output_embeddings(nn.Identity())
+    try:
+        yield head
+    finally:
+        causal_lm.set_output_embeddings(head)
