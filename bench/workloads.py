@@ -25,6 +25,7 @@ class Ours(NamedTuple):
     batching: str
     attention: str = "auto"  # model.attn_implementation
     all_logits: bool = False  # ablation: logits at every position, as the peers compute them
+    checkpointing: bool = False  # training.activation_checkpointing (memory for time, as TRL's default)
     ablation: bool = False
 
 
@@ -37,6 +38,8 @@ OURS = {
     # supervised positions -> logits everywhere.
     "finetune_lora_padding_free_dense_sdpa": Ours("lora", "padding_free", attention="sdpa", ablation=True),
     "finetune_lora_padding_free_all_logits": Ours("lora", "padding_free", all_logits=True, ablation=True),
+    # Not an ablation: the default plus activation checkpointing, the memory-lean setting.
+    "finetune_lora_padding_free_checkpointing": Ours("lora", "padding_free", checkpointing=True, ablation=True),
 }
 DEFAULT = "finetune_lora_padding_free"
 CONFIGS = PEERS + tuple(OURS)
@@ -102,7 +105,8 @@ def build_ours(config: str, model_path: Path, data_path: Path, steps: int):
         data=DataSpec(train=str(data_path), format="alpaca", template="chatml", batching=spec.batching),
         method=method,
         training=TrainingSpec(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=BATCH,
-                              learning_rate=LEARNING_RATE, lr_scheduler_type="linear", logging_steps=1, seed=SEED))
+                              learning_rate=LEARNING_RATE, lr_scheduler_type="linear", logging_steps=1, seed=SEED,
+                              activation_checkpointing=spec.checkpointing))
     family = resolve_family(recipe.model, model_path)
     tokenizer = load_tokenizer(model_path, family)
     template = get_template(recipe.data.template)
