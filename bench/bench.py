@@ -163,7 +163,7 @@ def summarise(results: dict, peak: dict, model: str) -> dict:
             "peak_rss_vs_best_peer (<= 1)": best_ratio.get("peak_rss_mb")}
     # P-Tuning against LoRA on the same batching.
     reference = next(c for c, s in OURS.items()
-                     if s.method == "lora" and s.batching == OURS["finetune_ptuning"].batching and not s.ablation)
+                     if s.method == "lora" and s.batching == OURS["finetune_ptuning"].batching and not s.variant)
     if "finetune_ptuning" in ok and reference in ok:
         targets["finetune_ptuning"] = {f"time_per_token_vs_{reference} (<= 1.3)": round(
             ok[reference]["real_tokens_per_s"] / ok["finetune_ptuning"]["real_tokens_per_s"], 3)}

@@ -19,14 +19,15 @@ PEERS = ("trl_default", "trl_padding_free", "hf_group_by_length", "hf_flattening
 
 
 class Ours(NamedTuple):
-    """One of our configurations: what the recipe sets, and whether it is an ablation of the default."""
+    """One of our configurations: what the recipe sets, and whether it is a variant of the default (one switch
+    flipped: an ablation, or an option such as checkpointing) rather than a batching mode a recipe may pick."""
 
     method: str
     batching: str
     attention: str = "auto"  # model.attn_implementation
     all_logits: bool = False  # ablation: logits at every position, as the peers compute them
     checkpointing: bool = False  # training.activation_checkpointing (memory for time, as TRL's default)
-    ablation: bool = False
+    variant: bool = False
 
 
 OURS = {
@@ -36,10 +37,10 @@ OURS = {
     "finetune_ptuning": Ours("ptuning", "padding_free"),
     # The default minus one ingredient each: sdpa_packed -> transformers' dense block-diagonal mask; logits only at
     # supervised positions -> logits everywhere.
-    "finetune_lora_padding_free_dense_sdpa": Ours("lora", "padding_free", attention="sdpa", ablation=True),
-    "finetune_lora_padding_free_all_logits": Ours("lora", "padding_free", all_logits=True, ablation=True),
-    # Not an ablation: the default plus activation checkpointing, the memory-lean setting.
-    "finetune_lora_padding_free_checkpointing": Ours("lora", "padding_free", checkpointing=True, ablation=True),
+    "finetune_lora_padding_free_dense_sdpa": Ours("lora", "padding_free", attention="sdpa", variant=True),
+    "finetune_lora_padding_free_all_logits": Ours("lora", "padding_free", all_logits=True, variant=True),
+    # An option rather than an ablation: the default plus activation checkpointing, the memory-lean setting.
+    "finetune_lora_padding_free_checkpointing": Ours("lora", "padding_free", checkpointing=True, variant=True),
 }
 DEFAULT = "finetune_lora_padding_free"
 CONFIGS = PEERS + tuple(OURS)

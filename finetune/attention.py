@@ -63,7 +63,7 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
     rows = _layout(position_ids, q_len) if position_ids is not None else [[q_len]]
     options = {"scale": scaling, "dropout_p": dropout if module.training else 0.0,
                "enable_gqa": query.shape[1] != key.shape[1]}
-    if len(rows) == 1 or all(r == rows[0] for r in rows):  # one layout for the whole batch (the packed row)
+    if all(r == rows[0] for r in rows):  # one layout for the whole batch (the packed row)
         return _attend(query, key, value, rows[0], options)
     outputs = [_attend(q, k, v, lengths, options)
                for q, k, v, lengths in zip(query.split(1), key.split(1), value.split(1), rows)]

@@ -48,12 +48,11 @@ def load_run(run_dir: str | Path, base: bool = False) -> LoadedRun:
     tokenizer = load_tokenizer(run_dir, family)
     full_run = recipe.method.name == "full" and not base
     model = load_model(run_dir if full_run else path, family, recipe.model)
-    if base or full_run:
-        pass  # the weights loaded are already the ones asked for
-    elif (run_dir / PREFIX_CONFIG).exists():
-        model = load_prefix_model(model, run_dir)
-    else:
-        from peft import PeftModel
+    if not (base or full_run):  # else the weights loaded are already the ones asked for
+        if (run_dir / PREFIX_CONFIG).exists():
+            model = load_prefix_model(model, run_dir)
+        else:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, run_dir)
+            model = PeftModel.from_pretrained(model, run_dir)
     return LoadedRun(model.eval(), tokenizer, template, recipe, run_dir, path, family)

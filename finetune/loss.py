@@ -18,7 +18,7 @@ from torch import nn
 
 from .data.tokenize import IGNORE_INDEX
 
-__all__ = ["causal_lm_loss", "chunked_linear_cross_entropy", "fusable_head", "hidden_states_out"]
+__all__ = ["causal_lm_loss", "chunked_linear_cross_entropy", "fusable_causal_lm", "hidden_states_out"]
 
 CHUNK_ELEMENTS = 2 ** 24
 """Logits computed at once: positions per chunk x vocabulary (64 MB of fp32)."""
@@ -104,19 +104,19 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets:
     return total / _count(targets, num_items_in_batch, total.device)
 
 
-def fusable_head(model) -> tuple[nn.Module, nn.Linear] | None:
-    """The causal LM inside ``model`` (PEFT, P-Tuning and DDP wrappers included) and its LM head, when the head
-    is a plain ``nn.Linear`` — not adapted by LoRA, not quantised — so its weight can be used directly."""
+def fusable_causal_lm(model) -> nn.Module | None:
+    """The causal LM inside ``model`` (PEFT, P-Tuning and DDP wrappers included) when its LM head is a plain
+    ``nn.Linear`` — not adapted by LoRA, not quantised — so the head's weight can be used directly."""
     for module in model.modules():
         if hasattr(module, "get_output_embeddings") and hasattr(module, "set_output_embeddings"):
-            head = module.get_output_embeddings()
-            return (module, head) if type(head) is nn.Linear else None
+            return module if type(module.get_output_embeddings()) is nn.Linear else None
     return None
 
 
 @contextlib.contextmanager
 def hidden_states_out(causal_lm):
-    """Within this block the causal LM's head is the identity, so its ``logits`` are the final hidden states."""
+    """Within this block the causal LM's head is the identity, so its ``logits`` are the final hidden states;
+    yields the head."""
     head = causal_lm.get_output_embeddings()
     causal_lm.set_output_embeddings(nn.Identity())
     try:

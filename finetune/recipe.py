@@ -20,6 +20,8 @@ __all__ = [
 ]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+PREFIX_PACKING_ATTENTION = ("auto", "sdpa_packed")
+"""model.attn_implementation values under which P-Tuning v2 may train padding-free (finetune/attention.py)."""
 DATA_FORMATS = ("alpaca", "adgen", "sharegpt", "firefly", "messages", "text")
 
 
@@ -256,7 +258,7 @@ class Recipe:
         if self.data.train and self.data.sources:
             raise RecipeError("Set data.train or data.sources, not both.")
         if (self.data.batching == "padding_free" and self.method.name == "ptuning"
-                and self.model.attn_implementation not in ("auto", "sdpa_packed")):
+                and self.model.attn_implementation not in PREFIX_PACKING_ATTENTION):
             raise RecipeError(f"data.batching=padding_free with P-Tuning v2 needs model.attn_implementation=auto "
                               f"(sdpa_packed: every packed example attends to the prefix and to itself only); "
                               f"{self.model.attn_implementation!r} cannot, so use it with data.batching=padded.")
@@ -267,7 +269,7 @@ def resolved_batching(recipe: Recipe) -> str:
     cannot share one prefix between packed examples."""
     if recipe.data.batching != "auto":
         return recipe.data.batching
-    packs_prefix = recipe.model.attn_implementation in ("auto", "sdpa_packed")
+    packs_prefix = recipe.model.attn_implementation in PREFIX_PACKING_ATTENTION
     return "padded" if recipe.method.name == "ptuning" and not packs_prefix else "padding_free"
 
 

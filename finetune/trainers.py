@@ -15,7 +15,7 @@ except ImportError:  # Python < 3.12
     from typing_extensions import override
 
 from .data.tokenize import IGNORE_INDEX
-from .loss import causal_lm_loss, chunked_linear_cross_entropy, fusable_head, hidden_states_out
+from .loss import causal_lm_loss, chunked_linear_cross_entropy, fusable_causal_lm, hidden_states_out
 from .recipe import recipe_to_dict
 
 __all__ = ["SFTTrainer", "PrefixTrainer", "trainer_class", "write_run_files"]
@@ -57,13 +57,13 @@ class SFTTrainer(Trainer):
         lines = inputs.pop("lines", None)
         targets = inputs.pop("labels")[:, 1:]
         keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(-1)
-        smoothing, fused = self.args.label_smoothing_factor, model.training and self._fusable_head(model)
+        smoothing = self.args.label_smoothing_factor
+        causal_lm = self._fusable_causal_lm(model) if model.training else None
         # use_cache=False: no cache is needed in training, and one would stop packed rows getting a block mask.
-        with hidden_states_out(fused[0]) if fused else contextlib.nullcontext():
+        with hidden_states_out(causal_lm) if causal_lm else contextlib.nullcontext() as head:
             outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-        if fused:  # outputs.logits holds the final hidden states at `keep`
-            loss = chunked_linear_cross_entropy(outputs.logits, fused[1], targets[:, keep], smoothing,
-                                                num_items_in_batch)
+        if head is not None:  # outputs.logits holds the final hidden states at `keep`
+            loss = chunked_linear_cross_entropy(outputs.logits, head, targets[:, keep], smoothing, num_items_in_batch)
         else:
             loss = causal_lm_loss(outputs.logits, targets[:, keep], smoothing, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -75,12 +75,12 @@ class SFTTrainer(Trainer):
                 "training.learning_rate or max_grad_norm, check those examples, and prefer bf16/fp32 to fp16.")
         return (loss, outputs) if return_outputs else loss
 
-    def _fusable_head(self, model):
-        """(causal LM, LM head) for the chunked loss; ``None`` where the head's weight is not whole on this device
+    def _fusable_causal_lm(self, model):
+        """The causal LM for the chunked loss; ``None`` where the head's weight is not whole on this device
         (FSDP, DeepSpeed ZeRO shard it) or the head is not a plain Linear (LoRA on it, quantised)."""
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return None
-        return fusable_head(model)
+        return fusable_causal_lm(model)
 
     @override
     def _save(self, output_dir: Optional[str] = None, state_dict=None):

@@ -5,7 +5,7 @@ from transformers import AutoModelForCausalLM
 
 import finetune.loss
 from finetune.collators import PaddingCollator, PaddingFreeCollator
-from finetune.loss import causal_lm_loss, chunked_linear_cross_entropy, fusable_head
+from finetune.loss import causal_lm_loss, chunked_linear_cross_entropy, fusable_causal_lm
 from finetune.methods import apply_method
 from finetune.models import get_family
 from finetune.recipe import LoraSpec, TrainingSpec
@@ -37,7 +37,7 @@ def test_chunked_loss_equals_plain_loss_and_gradients(smoothing, bias, monkeypat
 def _grads_after_compute_loss(model, batch, fused: bool, smoothing=0.0):
     trainer = SFTTrainer(model=model, args=training_arguments(TrainingSpec(label_smoothing_factor=smoothing), "x"))
     if not fused:
-        trainer._fusable_head = lambda model: None
+        trainer._fusable_causal_lm = lambda model: None
     model.zero_grad()
     loss = trainer.compute_loss(model, dict(batch))
     loss.backward()
@@ -52,7 +52,7 @@ def test_trainer_step_is_the_same_with_the_chunked_loss(method, tiny_llama, toke
     if method == "lora":
         model = apply_method(model, LoraSpec(r=4, alpha=8, dropout=0.0), get_family("llama"))
     model.train()
-    assert fusable_head(model) is not None
+    assert fusable_causal_lm(model) is not None
     ids = [tokenizer(text)["input_ids"] for text in ("The capital of France is Paris.", "Hello there", "A b c d e")]
     features = [{"input_ids": x, "labels": [-100] * 2 + x[2:]} for x in ids]
     for batch in (PaddingCollator(tokenizer.pad_token_id)(features), PaddingFreeCollator()(features)):
