@@ -27,6 +27,7 @@ class Ours(NamedTuple):
     attention: str = "auto"  # model.attn_implementation
     all_logits: bool = False  # ablation: logits at every position, as the peers compute them
     checkpointing: bool = False  # training.activation_checkpointing (memory for time, as TRL's default)
+    fused_lora: bool = True  # method.fused: one autograd node per LoRA layer
     variant: bool = False
 
 
@@ -36,9 +37,10 @@ OURS = {
     "finetune_lora_group_by_length": Ours("lora", "group_by_length"),
     "finetune_ptuning": Ours("ptuning", "padding_free"),
     # The default minus one ingredient each: sdpa_packed -> transformers' dense block-diagonal mask; logits only at
-    # supervised positions -> logits everywhere.
+    # supervised positions -> logits everywhere; the fused LoRA layer -> peft's.
     "finetune_lora_padding_free_dense_sdpa": Ours("lora", "padding_free", attention="sdpa", variant=True),
     "finetune_lora_padding_free_all_logits": Ours("lora", "padding_free", all_logits=True, variant=True),
+    "finetune_lora_padding_free_peft_layers": Ours("lora", "padding_free", fused_lora=False, variant=True),
     # An option rather than an ablation: the default plus activation checkpointing, the memory-lean setting.
     "finetune_lora_padding_free_checkpointing": Ours("lora", "padding_free", checkpointing=True, variant=True),
 }
@@ -98,7 +100,7 @@ def build_ours(config: str, model_path: Path, data_path: Path, steps: int):
 
     set_seed(SEED)
     spec = OURS[config]
-    method = LoraSpec(r=8, alpha=16, dropout=0.0) if spec.method == "lora" else PTuningSpec(
+    method = LoraSpec(r=8, alpha=16, dropout=0.0, fused=spec.fused_lora) if spec.method == "lora" else PTuningSpec(
         pre_seq_len=16, prefix_projection=False, prefix_dropout=0.0)
     output_dir = output_dir_for(config)
     recipe = Recipe(

@@ -145,6 +145,9 @@ class LoraSpec:
     """Module names to adapt; ``None`` takes the family's default (all linear layers of the blocks)."""
     use_dora: bool = False
     """DoRA: learn a magnitude per output and a LoRA direction (peft's ``use_dora``)."""
+    fused: bool = True
+    """Run each adapted linear layer as one autograd node (``finetune.methods.fused_lora``): the same arithmetic as
+    peft's layer with fewer (tokens x features) temporaries; ``false`` keeps peft's layer as it is."""
 
     def __post_init__(self):
         if self.r <= 0:

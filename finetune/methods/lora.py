@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
+from .fused_lora import fuse_lora_layers
+
 __all__ = ["apply_lora", "lora_config"]
 
 
@@ -21,4 +23,7 @@ def apply_lora(model, spec, family):
     if getattr(model, "is_loaded_in_4bit", False):
         # Checkpointing is the Trainer's job (training.activation_checkpointing), not peft's default here.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return get_peft_model(model, lora_config(spec, family))
+    model = get_peft_model(model, lora_config(spec, family))
+    if spec.fused:
+        fuse_lora_layers(model)  # quantised layers are left to peft
+    return model

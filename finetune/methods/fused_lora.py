@@ -1,0 +1,98 @@
+"""peft's LoRA linear layer with its forward and backward as one autograd node.
+
+peft computes ``base(x) + lora_B(lora_A(dropout(x))) * scaling`` as five autograd nodes. Each elementwise step
+(the scaling, the sum) writes a fresh (tokens x out_features) tensor in the forward and another in the backward,
+and autograd takes ``lora_B``'s gradient as ``grad.T @ h`` — a (out x tokens) @ (tokens x r) product that MKL runs
+~5x slower on CPU than the same product as ``(h.T @ grad).T``. Here the update is added into the base output in
+place (one ``addmm_``), the input gradient of the adapter is added into the base's the same way, and each skinny
+product is taken in its fast orientation. The arithmetic is peft's: losses and gradients agree to float rounding
+(tests/test_fused_lora.py). Unsloth's ``fast_lora`` does the same on GPU with Triton; this is plain PyTorch so it
+also runs on CPU.
+
+The layer is peft's ``lora.Linear`` with only ``forward`` changed, so adapters save, load, merge and unload
+exactly as peft's (the saved files do not know about it). Anything off the plain path — several active
+adapters, DoRA and other variants, a LoRA bias, a trainable base, mixed dtypes or autocast (peft keeps adapters in
+fp32 over a bf16 base), mixed-adapter batches — goes to peft's own forward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora import layer as lora_layer
+from torch import nn
+
+__all__ = ["FusedLoraLinear", "fuse_lora_layers"]
+
+
+class _LoraLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias) + scaling * dropout(x) @ lora_a.T @ lora_b.T`` for a frozen base."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dropout: float):
+        x2 = x.reshape(-1, x.shape[-1])
+        if dropout:
+            dropped, mask = torch.native_dropout(x2, dropout, True)  # the kernel nn.Dropout runs: same mask
+        else:
+            dropped, mask = x2, None
+        h = dropped @ lora_a.t()
+        out = F.linear(x2, weight, bias).addmm_(h, lora_b.t(), alpha=scaling)
+        ctx.save_for_backward(dropped, h, mask, weight, lora_a, lora_b)
+        ctx.scaling, ctx.dropout, ctx.shape = scaling, dropout, x.shape
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        dropped, h, mask, weight, lora_a, lora_b = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        grad_h = (g @ lora_b).mul_(ctx.scaling)
+        grad_a = grad_h.t() @ dropped if ctx.needs_input_grad[3] else None
+        grad_b = (h.t() @ g).t().mul_(ctx.scaling) if ctx.needs_input_grad[4] else None  # see the module doc
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = g @ weight
+            if mask is None:
+                grad_x.addmm_(grad_h, lora_a)
+            else:
+                grad_x.add_((grad_h @ lora_a).mul_(mask), alpha=1 / (1 - ctx.dropout))
+            grad_x = grad_x.view(ctx.shape)
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+class FusedLoraLinear(lora_layer.Linear):
+    """peft's ``lora.Linear``; its plain single-adapter path runs as one autograd node (see the module doc)."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        adapter = None if args or kwargs else self._plain_adapter(x)
+        if adapter is None:
+            return super().forward(x, *args, **kwargs)
+        base, dropout = self.get_base_layer(), self.lora_dropout[adapter]
+        p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+        return _LoraLinear.apply(x, base.weight, base.bias, self.lora_A[adapter].weight,
+                                 self.lora_B[adapter].weight, self.scaling[adapter], p)
+
+    def _plain_adapter(self, x: torch.Tensor) -> str | None:
+        """The one active adapter when this call is plain LoRA over a frozen ``nn.Linear``; else ``None``."""
+        if self.disable_adapters or self.merged or torch.is_autocast_enabled(x.device.type):
+            return None
+        active = [name for name in self.active_adapters if name in self.lora_A]
+        if len(active) != 1 or active[0] in self.lora_variant:
+            return None
+        adapter, base = active[0], self.get_base_layer()
+        if (type(base) is not nn.Linear or base.weight.requires_grad
+                or (base.bias is not None and base.bias.requires_grad)
+                or self.lora_B[adapter].bias is not None
+                or not isinstance(self.lora_dropout[adapter], (nn.Dropout, nn.Identity))):
+            return None
+        weights = (base.weight, self.lora_A[adapter].weight, self.lora_B[adapter].weight)
+        return adapter if all(w.dtype == x.dtype for w in weights) else None
+
+
+def fuse_lora_layers(model: nn.Module) -> int:
+    """Turn every peft ``lora.Linear`` in ``model`` into a :class:`FusedLoraLinear` (same state, same names);
+    returns how many. Quantised (bitsandbytes) LoRA layers are other peft classes and are left as they are."""
+    count = 0
+    for module in model.modules():
+        if type(module) is lora_layer.Linear:
+            module.__class__ = FusedLoraLinear
+            count += 1
+    return count
