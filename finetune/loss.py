@@ -63,10 +63,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             h, t = hidden[start:start + chunk], targets[start:start + chunk]
             logits = buffer[:h.shape[0]]
-            if fp32:
-                torch.mm(h, weight.t(), out=logits) if bias is None else torch.addmm(bias, h, weight.t(), out=logits)
-            else:
+            if not fp32:
                 logits.copy_(F.linear(h, weight, bias))
+            elif bias is None:
+                torch.mm(h, weight.t(), out=logits)
+            else:
+                torch.addmm(bias, h, weight.t(), out=logits)
             target_logits = logits.gather(-1, t[:, None]).squeeze(-1)
             mean = logits.mean(-1) if label_smoothing else None
             # log-sum-exp and softmax in place (torch.logsumexp would allocate another chunk-sized tensor).
@@ -76,8 +78,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             lse = (peak + sums.log()).squeeze(-1)
             grad.div_(sums)
             nll = lse - target_logits
-            total += ((1 - label_smoothing) * nll + label_smoothing * (lse - mean)).sum() if label_smoothing \
-                else nll.sum()
+            token_loss = (1 - label_smoothing) * nll + label_smoothing * (lse - mean) if label_smoothing else nll
+            total += token_loss.sum()
             # d loss / d logits = softmax - (1 - e) * one_hot(target) - e / V, built in place over the logits.
             grad.scatter_add_(-1, t[:, None], grad.new_full((t.shape[0], 1), label_smoothing - 1))
             if label_smoothing:
