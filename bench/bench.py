@@ -247,8 +247,7 @@ def main() -> None:
     peak = {k: max(v, matmul_peak(device)[k]) for k, v in peak.items()}
     summary = summarise(results, peak, args.model)
     summary.update(steps=args.steps, skip=args.skip, rounds=args.rounds, batch_size=BATCH, examples=EXAMPLES,
-                   device=device,
-                   torch_threads=torch.get_num_threads(), data_lengths=_lengths(model_path))
+                   device=device, torch_threads=torch.get_num_threads(), data_lengths=_lengths(model_path))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))

@@ -75,7 +75,7 @@ class FusedLoraLinear(lora_layer.Linear):
         if self.disable_adapters or self.merged or torch.is_autocast_enabled(x.device.type):
             return None
         active = [name for name in self.active_adapters if name in self.lora_A]
-        if len(active) != 1 or active[0] in self.lora_variant or self.use_dora.get(active[0]):
+        if len(active) != 1 or active[0] in self.lora_variant:  # DoRA and the other variants
             return None
         adapter, base = active[0], self.get_base_layer()
         if (type(base) is not nn.Linear or base.weight.requires_grad
