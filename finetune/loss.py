@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.tokenize import IGNORE_INDEX
+from .precision import compute_dtype
 
 __all__ = ["causal_lm_loss", "chunked_linear_cross_entropy", "fusable_causal_lm", "hidden_states_out"]
 
@@ -50,21 +51,26 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, label_smoothing: float, chunk: int):
+    def forward(ctx, hidden, weight, bias, targets, label_smoothing: float, chunk: int, dtype: torch.dtype):
         vocab = weight.shape[0]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if ctx.needs_input_grad[2] else None
+        # The matmuls run in `dtype` (bf16 under mixed precision, as the head's own forward would under autocast);
+        # the logits are then held, log-sum-exp'd and differentiated in fp32.
+        fp32 = dtype == hidden.dtype == weight.dtype == torch.float32
+        weight_c = weight.to(dtype)
+        bias_c = None if bias is None else bias.to(dtype)
         # One chunk's logits, reused and worked on in place: a fresh 64 MB tensor per step of the loop costs
         # page faults that showed as ~30 % of the head's matmul time on CPU.
         buffer = hidden.new_empty(min(chunk, hidden.shape[0]), vocab, dtype=torch.float32)
-        fp32 = hidden.dtype == weight.dtype == torch.float32
         for start in range(0, hidden.shape[0], chunk):
             h, t = hidden[start:start + chunk], targets[start:start + chunk]
             logits = buffer[:h.shape[0]]
             if not fp32:
-                logits.copy_(F.linear(h, weight, bias))
+                h = h.to(dtype)
+                logits.copy_(F.linear(h, weight_c, bias_c))
             elif bias is None:
                 torch.mm(h, weight.t(), out=logits)
             else:
@@ -84,13 +90,17 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad.scatter_add_(-1, t[:, None], grad.new_full((t.shape[0], 1), label_smoothing - 1))
             if label_smoothing:
                 grad.sub_(label_smoothing / vocab)
+            grad_c = grad if fp32 else grad.to(dtype)
             if grad_hidden is not None:
                 if fp32:
                     torch.mm(grad, weight, out=grad_hidden[start:start + chunk])
                 else:
-                    grad_hidden[start:start + chunk] = grad.to(weight.dtype) @ weight
-            if grad_weight is not None:
-                grad_weight.addmm_(grad.t(), h.float())
+                    grad_hidden[start:start + chunk] = grad_c @ weight_c
+            if grad_weight is not None:  # accumulated over chunks in fp32
+                if fp32:
+                    grad_weight.addmm_(grad.t(), h)
+                else:
+                    grad_weight += grad_c.t() @ h
             if grad_bias is not None:
                 grad_bias += grad.sum(0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
@@ -102,24 +112,28 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         (hidden_dtype, weight_dtype), grads = ctx.dtypes, ctx.saved_tensors
         out = [None if g is None else (g * grad_output).to(dtype)
                for g, dtype in zip(grads, (hidden_dtype, weight_dtype, weight_dtype))]
-        return (*out, None, None, None)
+        return (*out, None, None, None, None)
 
 
 def chunked_linear_cross_entropy(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor,
                                  label_smoothing: float = 0.0,
-                                 num_items_in_batch: Optional[torch.Tensor | int] = None) -> torch.Tensor:
+                                 num_items_in_batch: Optional[torch.Tensor | int] = None,
+                                 dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``causal_lm_loss(head(hidden), targets, ...)`` without materialising the logits of every position.
 
     Args:
         hidden: final hidden states, (..., hidden size); ``hidden[..., i, :]`` predicts ``targets[..., i]``.
         head: the LM head (a plain ``nn.Linear``).
         targets: token ids, ``-100`` where there is no label.
+        dtype: the dtype of the head's matmuls (bf16 under mixed precision); by default autocast's where it is
+            on, else the head's. The loss itself is always fp32.
     """
     supervised = targets != IGNORE_INDEX
     hidden, flat_targets = hidden[supervised], targets[supervised]
     chunk = max(1, CHUNK_ELEMENTS // head.weight.shape[0])
+    dtype = dtype or compute_dtype(hidden.device.type, head.weight.dtype)
     total = _ChunkedLinearCrossEntropy.apply(hidden, head.weight, head.bias, flat_targets, float(label_smoothing),
-                                             chunk)
+                                             chunk, dtype)
     return total / _count(targets, num_items_in_batch, total.device)
 
 

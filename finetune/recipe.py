@@ -38,7 +38,8 @@ class QuantSpec:
     double_quant: bool = True
     """Quantise the quantisation constants too (saves ~0.4 bits per parameter)."""
     compute_dtype: str = "auto"
-    """Dtype of the matmuls on dequantised blocks: ``auto`` is bfloat16 on GPUs with bf16, float32 otherwise."""
+    """Dtype of the matmuls on dequantised blocks (and of the unquantised weights: embeddings, norms, head):
+    ``auto`` is bfloat16 where bf16 matmuls are native, float32 otherwise."""
     allow_float16: bool = False
     """float16 compute with a 4-bit base overflows (loss 0 or NaN) in practice; refused unless set."""
 
@@ -60,7 +61,8 @@ class ModelSpec:
     family: str = "auto"
     """Model family (``llama``, ``opt``, ``chatglm2``); ``auto`` reads it from the config's ``model_type``."""
     dtype: str = "auto"
-    """Weights dtype; ``auto`` is bfloat16 on a GPU that supports it, float32 on CPU."""
+    """Dtype of the frozen base weights; ``auto`` is bfloat16 where bf16 matmuls are native (CUDA GPUs with bf16,
+    CPUs with AVX512-BF16/AMX), float32 elsewhere. Trainable parameters are always float32 (finetune/precision.py)."""
     attn_implementation: str = "auto"
     """Attention kernel as transformers names it (``sdpa``, ``eager``, ``flash_attention_2``, ...). ``auto`` is
     ``sdpa_packed`` (``finetune/attention.py``): SDPA per packed example, so padding-free rows spend nothing on
@@ -135,6 +137,7 @@ class LoraSpec:
     """LoRA adapters through peft: only the low-rank matrices train."""
 
     name: typing.ClassVar[str] = "lora"
+    trains_base: typing.ClassVar[bool] = False
     r: int = 8
     """Rank of the update matrices."""
     alpha: int = 16
@@ -159,6 +162,8 @@ class FullSpec:
     """Full fine-tuning: every parameter trains (needs optimizer memory for all of them)."""
 
     name: typing.ClassVar[str] = "full"
+    trains_base: typing.ClassVar[bool] = True
+    """Every weight trains, so the base is loaded in fp32 (master weights) whatever model.dtype says."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,7 @@ class PTuningSpec:
     """P-Tuning v2: trained virtual tokens give past keys/values in every layer; the base model is frozen."""
 
     name: typing.ClassVar[str] = "ptuning"
+    trains_base: typing.ClassVar[bool] = False
     pre_seq_len: int = 128
     """Number of virtual tokens (ChatGLM2's PRE_SEQ_LEN)."""
     prefix_projection: bool = False
@@ -214,6 +220,8 @@ class TrainingSpec:
     seed: int = 42
     activation_checkpointing: bool = False
     """Recompute activations in backward to save memory (transformers 5's name for gradient checkpointing)."""
+    bf16: Optional[bool] = None
+    """bf16 mixed precision (autocast); ``None`` turns it on when the compute dtype (``model.dtype``) is bf16."""
     optim: str = "adamw_torch"
     report_to: str = "none"
     dataloader_num_workers: int = 0

@@ -22,6 +22,7 @@ from .generate import generate, prompt_messages
 from .methods import apply_method, count_parameters
 from .methods.ptuning import PrefixModel
 from .models import check_context_window, load_config, load_model, load_tokenizer, resolve_family, resolve_model_path
+from .precision import resolve_dtype, upcast_trainable, weights_dtype
 from .recipe import Recipe, TrainingSpec, resolved_batching
 from .templates import get_template
 from .tracking import finish_tracking, tokens_seen_mode, tracking_callbacks, training_report_to
@@ -75,7 +76,8 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
                     audit.examples, audit.tokens, f"{trainable:,}", f"{total:,}", 100 * trainable / total)
         return RunResult(None)
 
-    model = apply_method(load_model(path, family, recipe.model), recipe.method, family)
+    dtype = weights_dtype(recipe.model.dtype, recipe.method.trains_base)  # finetune/precision.py
+    model = upcast_trainable(apply_method(load_model(path, family, recipe.model, dtype=dtype), recipe.method, family))
     trainable, total = count_parameters(model)
     logger.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     output_dir, checkpoint = _run_dir(recipe, resume)
@@ -84,7 +86,7 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
     stop, tracking = GracefulStop(), tracking_callbacks(recipe, audit, output_dir)
     batching = resolved_batching(recipe)
     trainer = trainer_class(recipe.method.name)(
-        model=model, args=training_arguments(recipe.training, output_dir, batching),
+        model=model, args=training_arguments(recipe.training, output_dir, batching, resolve_dtype(recipe.model.dtype)),
         train_dataset=data.train, eval_dataset=data.eval, data_collator=make_collator(batching, tokenizer),
         processing_class=tokenizer, template=template, recipe=recipe, callbacks=[stop, MarkComplete(), *tracking],
     )
@@ -149,16 +151,18 @@ def make_collator(batching: str, tokenizer):
     return PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
 
 
-def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "padded") -> TrainingArguments:
+def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "padded",
+                       compute: torch.dtype = torch.float32) -> TrainingArguments:
     """``TrainingArguments`` from the recipe, with defaults that suit this framework.
 
-    bf16 mixed precision on GPUs that have it, CPU otherwise; loss-only evaluation (full-vocabulary eval logits
+    bf16 mixed precision when the compute dtype is bf16 (``model.dtype``, finetune/precision.py) unless
+    ``training.bf16`` says otherwise; the GPU when there is one; loss-only evaluation (full-vocabulary eval logits
     are never gathered); columns kept because the collator picks what it needs.
     """
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in ("extra", "output_dir")}
-    cuda = torch.cuda.is_available()
+    fields["bf16"] = compute == torch.bfloat16 if spec.bf16 is None else spec.bf16
     defaults = {
-        "use_cpu": not cuda, "bf16": cuda and torch.cuda.is_bf16_supported(), "prediction_loss_only": True,
+        "use_cpu": not torch.cuda.is_available(), "prediction_loss_only": True,
         "remove_unused_columns": False, "label_names": ["labels"], "disable_tqdm": False,
         "activation_checkpointing_kwargs": {"use_reentrant": False} if spec.activation_checkpointing else None,
         "length_column_name": "num_tokens", "include_num_input_tokens_seen": tokens_seen_mode(batching),

@@ -63,7 +63,8 @@ class SFTTrainer(Trainer):
         with hidden_states_out(causal_lm) if causal_lm else contextlib.nullcontext() as head:
             outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
         if head is not None:  # outputs.logits holds the final hidden states at `keep`
-            loss = chunked_linear_cross_entropy(outputs.logits, head, targets[:, keep], smoothing, num_items_in_batch)
+            loss = chunked_linear_cross_entropy(outputs.logits, head, targets[:, keep], smoothing, num_items_in_batch,
+                                                self._mixed_precision_dtype())
         else:
             loss = causal_lm_loss(outputs.logits, targets[:, keep], smoothing, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -74,6 +75,11 @@ class SFTTrainer(Trainer):
                 f"{lines.tolist() if lines is not None else '?'} of the training file. Lower "
                 "training.learning_rate or max_grad_norm, check those examples, and prefer bf16/fp32 to fp16.")
         return (loss, outputs) if return_outputs else loss
+
+    def _mixed_precision_dtype(self) -> Optional[torch.dtype]:
+        """The matmul dtype of mixed precision, or ``None``. Needed because accelerate's autocast ends with the
+        model's forward (its outputs are even converted to fp32), while the chunked loss runs the head after it."""
+        return torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
 
     def _fusable_causal_lm(self, model):
         """The causal LM for the chunked loss; ``None`` where the head's weight is not whole on this device

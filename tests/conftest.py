@@ -70,3 +70,15 @@ def alpaca_file(tmp_path) -> Path:
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_glm(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer random GLM (ChatGLM2's architecture: partial rotary, fused gate_up, grouped kv) with SmolLM2's
+    vocabulary, for architecture-level tests; recipes on it use ``family="llama"`` for the tokenizer and template."""
+    from transformers import GlmConfig
+
+    config = GlmConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                       pad_token_id=0, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return _save_tiny(tmp_path_factory.mktemp("tiny_glm"), config, tokenizer)

@@ -11,8 +11,14 @@ also runs on CPU.
 
 The layer is peft's ``lora.Linear`` with only ``forward`` changed, so adapters save, load, merge and unload
 exactly as peft's (the saved files do not know about it). Anything off the plain path — several active
-adapters, DoRA and other variants, a LoRA bias, a trainable base, mixed dtypes or autocast (peft keeps adapters in
-fp32 over a bf16 base), mixed-adapter batches — goes to peft's own forward.
+adapters, DoRA and other variants, a LoRA bias, a trainable base, mixed-adapter batches — goes to peft's own
+forward.
+
+Mixed precision: under autocast (``training.bf16``, the default over a bf16 base) every matmul runs in autocast's
+dtype, the fp32 adapters included, and their gradients return in fp32 — what peft's layer does under autocast
+(tests/test_precision.py bounds the difference to fp32). Without autocast the layer runs when base, adapters and
+input share one dtype; a bf16 base with fp32 adapters outside autocast (generation after training) takes peft's
+forward, which runs the adapter in fp32, so a reloaded plain-peft model generates exactly the same tokens.
 """
 from __future__ import annotations
 
@@ -21,41 +27,48 @@ import torch.nn.functional as F
 from peft.tuners.lora import layer as lora_layer
 from torch import nn
 
+from ..precision import compute_dtype
+
 __all__ = ["FusedLoraLinear", "fuse_lora_layers"]
 
 
 class _LoraLinear(torch.autograd.Function):
-    """``F.linear(x, weight, bias) + scaling * dropout(x) @ lora_a.T @ lora_b.T`` for a frozen base."""
+    """``F.linear(x, weight, bias) + scaling * dropout(x) @ lora_a.T @ lora_b.T`` for a frozen base, every matmul
+    in ``dtype``; gradients come back in each input's own dtype (fp32 for the adapters)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dropout: float):
-        x2 = x.reshape(-1, x.shape[-1])
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dropout: float, dtype: torch.dtype):
+        x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+        a, b = lora_a.to(dtype), lora_b.to(dtype)
         if dropout:
             dropped, mask = torch.native_dropout(x2, dropout, True)  # the kernel nn.Dropout runs: same mask
         else:
             dropped, mask = x2, None
-        h = dropped @ lora_a.t()
-        out = F.linear(x2, weight, bias).addmm_(h, lora_b.t(), alpha=scaling)
-        ctx.save_for_backward(dropped, h, mask, weight, lora_a, lora_b)
-        ctx.scaling, ctx.dropout, ctx.shape = scaling, dropout, x.shape
+        h = dropped @ a.t()
+        out = F.linear(x2, weight.to(dtype), None if bias is None else bias.to(dtype)).addmm_(h, b.t(), alpha=scaling)
+        # The frozen weight is saved as it is stored (a bf16 copy of an fp32 one would cost memory per layer).
+        ctx.save_for_backward(dropped, h, mask, weight, a, b)
+        ctx.scaling, ctx.dropout, ctx.shape, ctx.dtype = scaling, dropout, x.shape, dtype
+        ctx.dtypes = (x.dtype, lora_a.dtype, lora_b.dtype)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
         dropped, h, mask, weight, lora_a, lora_b = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])
+        x_dtype, a_dtype, b_dtype = ctx.dtypes
+        g = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
         grad_h = (g @ lora_b).mul_(ctx.scaling)
-        grad_a = grad_h.t() @ dropped if ctx.needs_input_grad[3] else None
-        grad_b = (h.t() @ g).t().mul_(ctx.scaling) if ctx.needs_input_grad[4] else None  # see the module doc
+        grad_a = (grad_h.t() @ dropped).to(a_dtype) if ctx.needs_input_grad[3] else None
+        grad_b = (h.t() @ g).t().mul_(ctx.scaling).to(b_dtype) if ctx.needs_input_grad[4] else None  # module doc
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = g @ weight
+            grad_x = g @ weight.to(ctx.dtype)
             if mask is None:
                 grad_x.addmm_(grad_h, lora_a)
             else:
                 grad_x.add_((grad_h @ lora_a).mul_(mask), alpha=1 / (1 - ctx.dropout))
-            grad_x = grad_x.view(ctx.shape)
-        return grad_x, None, None, grad_a, grad_b, None, None
+            grad_x = grad_x.view(ctx.shape).to(x_dtype)
+        return grad_x, None, None, grad_a, grad_b, None, None, None
 
 
 class FusedLoraLinear(lora_layer.Linear):
@@ -67,12 +80,13 @@ class FusedLoraLinear(lora_layer.Linear):
             return super().forward(x, *args, **kwargs)
         base, dropout = self.get_base_layer(), self.lora_dropout[adapter]
         p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+        dtype = compute_dtype(x.device.type, base.weight.dtype)
         return _LoraLinear.apply(x, base.weight, base.bias, self.lora_A[adapter].weight,
-                                 self.lora_B[adapter].weight, self.scaling[adapter], p)
+                                 self.lora_B[adapter].weight, self.scaling[adapter], p, dtype)
 
     def _plain_adapter(self, x: torch.Tensor) -> str | None:
         """The one active adapter when this call is plain LoRA over a frozen ``nn.Linear``; else ``None``."""
-        if self.disable_adapters or self.merged or torch.is_autocast_enabled(x.device.type):
+        if self.disable_adapters or self.merged:
             return None
         active = [name for name in self.active_adapters if name in self.lora_A]
         if len(active) != 1 or active[0] in self.lora_variant:  # DoRA and the other variants
@@ -83,6 +97,9 @@ class FusedLoraLinear(lora_layer.Linear):
                 or self.lora_B[adapter].bias is not None
                 or not isinstance(self.lora_dropout[adapter], (nn.Dropout, nn.Identity))):
             return None
+        if torch.is_autocast_enabled(x.device.type):
+            return adapter
+        # Without autocast, peft runs fp32 adapters over a bf16 base in fp32: its forward keeps exactly that.
         weights = (base.weight, self.lora_A[adapter].weight, self.lora_B[adapter].weight)
         return adapter if all(w.dtype == x.dtype for w in weights) else None
 

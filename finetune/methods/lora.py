@@ -4,7 +4,7 @@ QLoRA is this same method over a base loaded in 4 bits (``model.quantization``),
 """
 from __future__ import annotations
 
-from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, TaskType, get_peft_model
 
 from .fused_lora import fuse_lora_layers
 
@@ -19,10 +19,12 @@ def lora_config(spec, family) -> LoraConfig:
 
 
 def apply_lora(model, spec, family):
-    """LoRA on the model; on a 4-bit base this is QLoRA (norms and head upcast to fp32 by peft's preparation)."""
-    if getattr(model, "is_loaded_in_4bit", False):
-        # Checkpointing is the Trainer's job (training.activation_checkpointing), not peft's default here.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    """LoRA on the model; on a 4-bit base this is QLoRA.
+
+    peft's ``prepare_model_for_kbit_training`` is not called: without its checkpointing it only freezes the base
+    (``get_peft_model`` does that) and upcasts the unquantised weights to fp32, which would run the LM head — the
+    largest matmul of a small model — in fp32 whatever ``compute_dtype`` says (finetune/precision.py).
+    """
     model = get_peft_model(model, lora_config(spec, family))
     if spec.fused:
         fuse_lora_layers(model)  # quantised layers are left to peft

@@ -22,6 +22,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from ..attention import PACKED_SDPA
 from ..models.chatglm2 import chatglm2_position_ids  # real tokens from 0, whatever the family
+from ..precision import compute_dtype
 
 __all__ = ["PrefixEncoder", "PrefixModel", "apply_ptuning", "load_prefix_model", "PREFIX_WEIGHTS", "PREFIX_CONFIG"]
 
@@ -116,7 +117,10 @@ class PrefixModel(nn.Module):
                              f"{PACKED_SDPA!r} (each example must see the prefix and itself only); this model runs "
                              f"{self.config._attn_implementation!r}. Use data.batching=padded.")
         batch = input_ids.shape[0]
-        past = self.prefix_encoder(batch, self.base_model.get_input_embeddings().weight.dtype)
+        # The prefix joins keys/values computed in the compute dtype (bf16 under autocast or over bf16 weights);
+        # the encoder itself stays fp32 (finetune/precision.py).
+        dtype = compute_dtype(input_ids.device.type, self.base_model.get_input_embeddings().weight.dtype)
+        past = self.prefix_encoder(batch, dtype)
         prefix_mask = attention_mask.new_ones(batch, self.pre_seq_len)
         return {"input_ids": input_ids, "attention_mask": torch.cat([prefix_mask, attention_mask], -1),
                 "position_ids": position_ids, self._cache_kwarg: prefix_cache(past, read_only)}

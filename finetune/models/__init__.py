@@ -1,4 +1,5 @@
 """Model families, the embedded default model and loading."""
+from ..precision import resolve_dtype
 from .embedded import EMBEDDED_MODELS, embedded_model_path
 from .family import Family, detect_family, family_names, get_family, register_family
 from .loading import (
@@ -7,7 +8,6 @@ from .loading import (
     load_config,
     load_model,
     load_tokenizer,
-    resolve_dtype,
     resolve_family,
     resolve_model_path,
 )

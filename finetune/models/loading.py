@@ -4,17 +4,19 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
 
 from ..attention import resolve_attention
+from ..precision import resolve_dtype
 from ..recipe import ModelSpec
 from .embedded import embedded_model_path, is_embedded
 from .family import Family, detect_family, get_family
 
 __all__ = ["ModelNotFoundError", "resolve_model_path", "resolve_family", "load_tokenizer", "load_model",
-           "resolve_dtype", "load_config", "native_window", "check_context_window"]
+           "quantized_device", "load_config", "native_window", "check_context_window"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +58,6 @@ def resolve_family(spec: ModelSpec, path: Path) -> Family:
     return detect_family(_config(path).get("model_type", ""))
 
 
-def resolve_dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if use_bf16 else torch.float32
-    return getattr(torch, name)
-
-
 def load_tokenizer(path: Path, family: Family, trust_remote_code: bool = False):
     """Load the tokenizer and give it a pad token distinct from EOS, so EOS stays a learnable target."""
     if family.name == "chatglm2":
@@ -85,18 +80,22 @@ def load_tokenizer(path: Path, family: Family, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(path: Path, family: Family, spec: ModelSpec, quantize: bool = True, **kwargs):
+def load_model(path: Path, family: Family, spec: ModelSpec, quantize: bool = True, dtype: torch.dtype | None = None,
+               **kwargs):
     """Load the base model as the recipe says: dtype, 4-bit quantisation, RoPE scaling.
 
     Args:
         quantize: honour ``spec.quantization``; ``False`` loads the same base unquantised (merging, baselines).
+        dtype: the weights' dtype when not ``spec.dtype`` (``precision.weights_dtype`` decides it for training).
         kwargs: passed to ``from_pretrained``.
     """
-    dtype = resolve_dtype(spec.dtype)
+    dtype = dtype or resolve_dtype(spec.dtype)
     raw = _config(path)
     kwargs.setdefault("attn_implementation", resolve_attention(spec.attn_implementation, raw))
     if spec.quantization is not None and quantize:
-        kwargs.update(quantization_config=_bnb_config(spec.quantization), device_map={"": _device()})
+        # Unquantised weights (embeddings, norms, head) are stored in the compute dtype, so the head's matmul
+        # runs in it too (peft's prepare_model_for_kbit_training would upcast them all to fp32).
+        kwargs.update(quantization_config=_bnb_config(spec.quantization), device_map={"": quantized_device()})
         dtype = resolve_dtype(spec.quantization.compute_dtype)
     _check_weights_format(path, spec)
     if _is_original_chatglm2(family, raw):
@@ -203,8 +202,15 @@ def _with_rope(model, spec: ModelSpec):
     return model
 
 
-def _device() -> str:
-    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+def quantized_device() -> str:
+    """Where a 4-bit model must be built (bitsandbytes quantises on the device it loads to).
+
+    Under torchrun this is the process's own GPU, ``cuda:LOCAL_RANK``: the model is loaded before the Trainer
+    sets the current device, so ``torch.cuda.current_device()`` would put every rank on GPU 0.
+    """
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
 
 def _bnb_config(quant):
