@@ -57,17 +57,31 @@ class PaddingFreeCollator:
     The first label of every example is set to -100: in a padded batch position 0 is never a target either, and
     here it would otherwise be predicted from the previous example's last token. The number of optimiser steps
     does not change (one batch is still ``per_device_train_batch_size`` examples).
+
+    Args:
+        flash_attn_kwargs: also emit ``cu_seq_lens_q/k`` (int32 example boundaries) and ``max_length_q/k``, as
+            transformers' ``DataCollatorWithFlattening(return_flash_attn_kwargs=True)`` does. With them
+            flash-attention's variable-length kernel gets the layout directly; without them transformers infers it
+            from ``position_ids`` in every layer, a host-device sync each time.
     """
 
+    flash_attn_kwargs: bool = False
+
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        input_ids, labels, positions = [], [], []
+        input_ids, labels, positions, bounds = [], [], [], [0]
         for feature in features:
             ids = list(feature["input_ids"])
             input_ids += ids
             labels += [IGNORE_INDEX] + list(feature["labels"])[1:]
             positions += range(len(ids))
+            bounds.append(len(input_ids))
         batch = {"input_ids": torch.tensor([input_ids]), "labels": torch.tensor([labels]),
                  "position_ids": torch.tensor([positions])}
+        if self.flash_attn_kwargs:
+            longest = max(b - a for a, b in zip(bounds, bounds[1:]))
+            cumulative = torch.tensor(bounds, dtype=torch.int32)
+            batch.update(cu_seq_lens_q=cumulative, cu_seq_lens_k=cumulative, max_length_q=longest,
+                         max_length_k=longest)
         if "line" in features[0]:
             batch["lines"] = torch.tensor([f["line"] for f in features])
         return batch

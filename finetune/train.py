@@ -87,7 +87,8 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
     batching = resolved_batching(recipe)
     trainer = trainer_class(recipe.method.name)(
         model=model, args=training_arguments(recipe.training, output_dir, batching, resolve_dtype(recipe.model.dtype)),
-        train_dataset=data.train, eval_dataset=data.eval, data_collator=make_collator(batching, tokenizer),
+        train_dataset=data.train, eval_dataset=data.eval,
+        data_collator=make_collator(batching, tokenizer, recipe.model.attn_implementation),
         processing_class=tokenizer, template=template, recipe=recipe, callbacks=[stop, MarkComplete(), *tracking],
     )
     result = RunResult(output_dir)
@@ -144,10 +145,11 @@ def _run_dir(recipe: Recipe, resume: bool | str) -> tuple[Path, Optional[Path]]:
     return run_dir, checkpoint
 
 
-def make_collator(batching: str, tokenizer):
-    """The collator for a resolved ``data.batching``; padding rounds to 8 only on GPUs (tensor cores)."""
+def make_collator(batching: str, tokenizer, attn_implementation: str = "auto"):
+    """The collator for a resolved ``data.batching``; padding rounds to 8 only on GPUs (tensor cores); packed rows
+    carry flash-attention's varlen arguments when that kernel runs."""
     if batching == "padding_free":
-        return PaddingFreeCollator()
+        return PaddingFreeCollator(flash_attn_kwargs=attn_implementation.startswith("flash_attention"))
     return PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
 
 

@@ -91,3 +91,40 @@ def test_rope_scaling_runs_past_the_native_window_and_is_saved(kind, tiny_llama,
     assert model.config.rope_parameters["rope_type"] == kind and model.config.rope_parameters["factor"] == 4.0
     ids = torch.randint(0, 1000, (1, 1500))
     assert torch.isfinite(model(ids).logits).all()
+
+
+@pytest.mark.parametrize("evaluated_first", [False, True])
+def test_qlora_gradients_equal_lora_over_the_dequantised_base(evaluated_first, tiny_llama):
+    """Also after an eval-mode forward without gradients (every run's before-training baseline does one): on CPUs
+    with AVX512-BF16 bitsandbytes would then repack the weights for a kernel without autograd and drop the
+    gradient through every 4-bit matmul, unless load_model stops it."""
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM
+
+    from finetune.methods import apply_method
+    from finetune.models import get_family, load_model
+
+    family, lora = get_family("llama"), LoraSpec(r=4, alpha=8, dropout=0.0, fused=False)
+    spec = ModelSpec(path=str(tiny_llama), quantization=QuantSpec(compute_dtype="float32"))
+    qlora = apply_method(load_model(tiny_llama, family, spec), lora, family)
+    dequantised = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    for name, module in qlora.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+            target = name.replace("base_model.model.", "").replace(".base_layer", "")
+            dequantised.get_submodule(target).weight.data = weight.float()
+    lora_model = apply_method(dequantised, lora, family)
+    torch.manual_seed(0)
+    adapters = {n: torch.randn_like(p) * 0.05 for n, p in qlora.named_parameters() if p.requires_grad}
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    grads = []
+    for model in (qlora, lora_model):
+        model.load_state_dict(adapters, strict=False)
+        if evaluated_first:
+            with torch.no_grad():
+                model.eval()(input_ids=ids)
+        model.train()(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 28
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], rtol=1e-4, atol=1e-7), name

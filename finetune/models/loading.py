@@ -111,7 +111,24 @@ def load_model(path: Path, family: Family, spec: ModelSpec, quantize: bool = Tru
     model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype,
                                                  use_safetensors=not spec.allow_pickle,
                                                  trust_remote_code=spec.trust_remote_code, **kwargs)
-    return _release_checkpoint_pages(model) if "quantization_config" in kwargs else model
+    if "quantization_config" not in kwargs:
+        return model
+    return _keep_4bit_weights_trainable(_release_checkpoint_pages(model))
+
+
+def _keep_4bit_weights_trainable(model):
+    """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a ``Linear4bit``'s weight the first time it runs in eval
+    mode without gradients (our before-training baseline, any evaluation) and from then on multiplies through
+    ``gemv_4bit``, which has no autograd formula: training after that silently drops the gradient through every
+    4-bit matmul (measured: QLoRA adapter gradients off by 120 % against LoRA over the dequantised base). Keeping
+    the plain layout costs some CPU inference speed and nothing on GPUs.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def _release_checkpoint_pages(model):
