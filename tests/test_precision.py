@@ -127,10 +127,9 @@ def test_every_method_trains_in_bf16_close_to_fp32_and_reloads(family, method, m
 
 
 def test_trainable_parameters_and_optimiser_state_are_fp32_over_a_bf16_base(tiny_llama, tokenizer, tmp_path):
-    family = get_family("llama")
+    family, bf16_base = get_family("llama"), ModelSpec(path=str(tiny_llama), dtype="bfloat16")
     for spec in (LORA, PREFIX):
-        model = upcast_trainable(apply_method(load_model(tiny_llama, family, ModelSpec(path=str(tiny_llama),
-                                                                                   dtype="bfloat16")), spec, family))
+        model = upcast_trainable(apply_method(load_model(tiny_llama, family, bf16_base), spec, family))
         trainable = {p.dtype for p in model.parameters() if p.requires_grad}
         frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
         assert trainable == {torch.float32} and frozen == {torch.bfloat16}, spec
