@@ -17,7 +17,7 @@ from typing import Mapping, Optional, Sequence
 
 from transformers import set_seed
 
-from .data import DataError, build_datasets, read_examples
+from .data import DataError, build_datasets, plain_messages, read_examples
 from .generate import generate, prompt_messages
 from .inference import load_run
 from .metrics import compute_scores, detect_language
@@ -48,8 +48,7 @@ def eval_conversations(recipe, tokenizer, template, data: Optional[str] = None,
                                       system=spec.system).conversations
     elif spec.eval_split:
         built = build_datasets(spec, tokenizer, template, recipe.model.max_length, recipe.training.seed)
-        # Arrow stores a key that some messages lack (Alpaca's "input") as None in all of them.
-        conversations = [[{k: v for k, v in m.items() if v is not None} for m in c] for c in built.eval["messages"]]
+        conversations = [plain_messages(c) for c in built.eval["messages"]]
     else:
         raise ValueError("the recipe has neither data.eval nor data.eval_split; pass --data FILE")
     if any(not any(m["role"] == "user" for m in c) for c in conversations):

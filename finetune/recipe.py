@@ -242,12 +242,28 @@ class TrainingSpec:
 
 @dataclass(frozen=True)
 class EvalSpec:
-    """What is shown before and after training to prove the model learned."""
+    """What is generated to prove the model learned: a few samples before and after training, and optionally
+    scored answers to the held-out prompts at every evaluation during training."""
 
     samples: int = 4
     """Held-out examples generated before and after training (0 turns it off)."""
     max_new_tokens: int = 64
-    """Generation length for those samples."""
+    """Generation length (the cap for the samples and for ``generate``)."""
+    generate: bool = False
+    """At every evaluation (``training.eval_strategy``/``eval_steps``, and before and after training) also answer
+    the held-out prompts and log their scores beside ``eval_loss``: ``eval_rouge-l``, ``eval_bleu-4``, ... (Chinese:
+    jieba ROUGE + character BLEU-4 as ChatGLM2's script; English: ROUGE, exact match, BLEU-4). Off by default: it
+    costs one generation pass per evaluation."""
+    generate_limit: int = 0
+    """Answer only the first N held-out prompts at each evaluation (0: all of them)."""
+    do_sample: bool = False
+    """Sample instead of greedy decoding (then ``top_p`` and ``temperature``; the seed makes it repeatable)."""
+    top_p: float = 0.7
+    temperature: float = 0.95
+
+    def __post_init__(self):
+        if self.samples < 0 or self.generate_limit < 0 or self.max_new_tokens < 1:
+            raise RecipeError("eval.samples and eval.generate_limit must be >= 0 and eval.max_new_tokens >= 1.")
 
 
 @dataclass(frozen=True)

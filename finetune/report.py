@@ -33,7 +33,7 @@ PLOTS = {  # file stem -> (title, log keys drawn on it)
 }
 # Eval keys that are timings, not quality metrics.
 _EVAL_TIMINGS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second",
-                 "eval_model_preparation_time")
+                 "eval_model_preparation_time", "eval_generate_seconds")
 
 
 def read_logs(run_dir: str | Path) -> list[dict]:
@@ -79,13 +79,19 @@ def _figure(title: str, curves: list[tuple]) -> Figure | None:
     return figure
 
 
-def _run_figures(logs: list[dict]) -> dict[str, Figure]:
+def _run_figures(logs: list[dict], best: dict | None = None) -> dict[str, Figure]:
     figures = {}
     for stem, (title, keys) in PLOTS.items():
         figures[stem] = _figure(title, [(k, *_series(logs, k), "o--" if k.startswith("eval_") else "-")
                                         for k in keys])
     metrics = _eval_metrics(logs)
     figures["eval_metrics"] = _figure("Eval metrics", [(k, *_series(logs, k), "o-") for k in metrics])
+    if best:  # the checkpoint training kept (load_best_model_at_end) or would keep, by metric_for_best_model
+        for stem in ("loss", "eval_metrics"):
+            if figures[stem] is not None:
+                axes = figures[stem].axes[0]
+                axes.axvline(best["step"], linestyle=":", color="grey", label=f"best by {best['metric']}")
+                axes.legend(fontsize="small")
     return {stem: f for stem, f in figures.items() if f is not None}
 
 
@@ -112,6 +118,8 @@ def _summary(run_dir: Path, logs: list[dict]) -> dict:
     _, losses = _series(logs, "loss")
     steps, speeds = _series(logs, "tokens_per_second")
     final = next((e for e in reversed(logs) if "train_runtime" in e and "loss" not in e), {})
+    best = _read_json(run_dir / "best.json")
+    _, generation = _series(logs, "eval_generate_seconds")
     row = {
         "steps": max((e.get("step", 0) for e in logs), default=0),
         "final train loss": losses[-1] if losses else None,
@@ -123,6 +131,11 @@ def _summary(run_dir: Path, logs: list[dict]) -> dict:
     }
     for key in _eval_metrics(logs):
         row[f"final {key}"] = _series(logs, key)[1][-1]
+    if generation:
+        row["generation s per eval"] = sum(generation) / len(generation)
+    if best:
+        row["best checkpoint"] = (f"{best['checkpoint']} ({best['metric']} {best['value']:.4g}"
+                                  f"{', saved as the run' if best['loaded_at_end'] else ''})")
     return row
 
 
@@ -181,7 +194,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     logs = read_logs(run_dir)
     if not logs:
         logger.warning("%s has no logs.jsonl entries: the report has no plots", run_dir)
-    images = _save(_run_figures(logs), out_dir)
+    images = _save(_run_figures(logs, _read_json(run_dir / "best.json")), out_dir)
     recipe, audit = _read_json(run_dir / "recipe.json"), _read_json(run_dir / "audit.json")
     held_out = _read_json(run_dir / "samples.json") or {}
     samples, scores = held_out.get("samples", []), held_out.get("scores") or {}

@@ -17,8 +17,9 @@ from transformers import AutoModelForCausalLM, TrainingArguments, set_seed
 
 from .checkpoints import COMPLETE, GracefulStop, MarkComplete, latest_checkpoint, latest_run_dir
 from .collators import PaddingCollator, PaddingFreeCollator
-from .data import LabelAudit, build_datasets, show_example
+from .data import LabelAudit, build_datasets, plain_messages, show_example
 from .generate import generate, prompt_messages
+from .generation_eval import GenerationEval
 from .methods import apply_method, count_parameters
 from .methods.ptuning import PrefixModel
 from .models import check_context_window, load_config, load_model, load_tokenizer, resolve_family, resolve_model_path
@@ -85,11 +86,13 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
     (output_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2))
     stop, tracking = GracefulStop(), tracking_callbacks(recipe, audit, output_dir)
     batching = resolved_batching(recipe)
+    generation = _generation_eval(recipe, data.eval, output_dir)
     trainer = trainer_class(recipe.method.name)(
         model=model, args=training_arguments(recipe.training, output_dir, batching, resolve_dtype(recipe.model.dtype)),
         train_dataset=data.train, eval_dataset=data.eval,
         data_collator=make_collator(batching, tokenizer, recipe.model.attn_implementation),
         processing_class=tokenizer, template=template, recipe=recipe, callbacks=[stop, MarkComplete(), *tracking],
+        generation_eval=generation,
     )
     result = RunResult(output_dir)
     if data.eval is not None:
@@ -106,6 +109,7 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
                        output_dir, output_dir)
         return RunResult(output_dir, interrupted=True)
     trainer.save_model(str(output_dir))
+    _write_best(trainer, output_dir)
 
     if data.eval is not None:
         after = _held_out(trainer, tokenizer, template, samples, recipe)
@@ -177,6 +181,30 @@ def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "pa
     return TrainingArguments(output_dir=str(output_dir), **kwargs)
 
 
+def _write_best(trainer, output_dir: Path) -> None:
+    """``best.json``: the checkpoint ``metric_for_best_model`` picked (the run folder holds it when
+    ``load_best_model_at_end``), for the report and for anyone choosing a checkpoint later."""
+    state, args = trainer.state, trainer.args
+    if state.best_model_checkpoint and trainer.is_world_process_zero():
+        checkpoint = Path(state.best_model_checkpoint)
+        (output_dir / "best.json").write_text(json.dumps({
+            "checkpoint": checkpoint.name, "step": int(checkpoint.name.rsplit("-", 1)[-1]),
+            "metric": args.metric_for_best_model, "value": state.best_metric,
+            "loaded_at_end": bool(args.load_best_model_at_end)}, indent=2))
+
+
+def _generation_eval(recipe: Recipe, eval_data, output_dir: Path) -> Optional[GenerationEval]:
+    """Scored generations at every evaluation when ``eval.generate`` asks for them and there is held-out data."""
+    if not recipe.eval.generate or eval_data is None:
+        return None
+    spec = recipe.eval
+    limit = spec.generate_limit or len(eval_data)
+    sampling = {"do_sample": True, "top_p": spec.top_p, "temperature": spec.temperature} if spec.do_sample else {}
+    return GenerationEval([plain_messages(c) for c in eval_data.select(range(min(limit, len(eval_data))))["messages"]],
+                          spec.max_new_tokens, recipe.training.per_device_eval_batch_size, generate_kwargs=sampling,
+                          output_dir=output_dir)
+
+
 def _skeleton(path: Path, family, recipe: Recipe):
     """The model's architecture on the meta device: parameter counts without reading any weights."""
     with torch.device("meta"):
@@ -221,7 +249,7 @@ def _scores(samples: list[dict]) -> Optional[dict]:
 
 def _sample(conversation: list[dict], before: str, after: str) -> dict:
     messages, reference = prompt_messages(conversation)
-    messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    messages = plain_messages(messages)
     last = messages[-1]
     prompt = f"{last['content']}\n\n{last['input']}" if last.get("input") else last["content"]
     return {"messages": messages, "prompt": prompt, "reference": reference, "before": before, "after": after}

@@ -227,13 +227,20 @@ def test_train_chatglm2_ptuning_on_adgen_sample(checkpoint, tmp_path, monkeypatc
         # A random model's loss moves slowly under a prefix; a large constant step shows learning within 8 steps.
         training=TrainingSpec(output_dir=str(tmp_path / "run"), max_steps=8, per_device_train_batch_size=8,
                               per_device_eval_batch_size=10, learning_rate=3e-1, lr_scheduler_type="constant",
-                              logging_steps=1, activation_checkpointing=True),
-        eval=EvalSpec(samples=2, max_new_tokens=4))
+                              logging_steps=1, activation_checkpointing=True, eval_strategy="steps", eval_steps=4),
+        eval=EvalSpec(samples=2, max_new_tokens=4, generate=True))
     result = train(recipe)
     run = result.output_dir
     assert sorted(p.name for p in run.iterdir()) == [
-        "added_tokens.json", "audit.json", "logs.jsonl", "plots", "prefix_config.json", "prefix_encoder.safetensors",
-        "recipe.json", "report.html", "samples.json", "template.json", "tokenizer.model", "tokenizer_config.json"]
+        "added_tokens.json", "audit.json", "generations", "logs.jsonl", "plots", "prefix_config.json",
+        "prefix_encoder.safetensors", "recipe.json", "report.html", "samples.json", "template.json", "tokenizer.model",
+        "tokenizer_config.json"]
+    # ADGEN's scores (jieba ROUGE + character BLEU-4) at every evaluation: before, at steps 4 and 8, after.
+    evals = [e for e in map(json.loads, (run / "logs.jsonl").read_text().splitlines()) if "eval_loss" in e]
+    assert [e["step"] for e in evals] == [0, 4, 8, 8]
+    assert all(isinstance(e[k], float) for e in evals for k in ("eval_rouge-1", "eval_rouge-l", "eval_bleu-4"))
+    answers = [json.loads(line) for line in (run / "generations" / "eval-3-step-8.jsonl").read_text().splitlines()]
+    assert len(answers) == 20 and all(a["reference"] for a in answers)
     config, state = read_prefix(run)
     assert (config["pre_seq_len"], config["num_layers"], config["kv_heads"], config["head_dim"]) == (8, 2, 2, 16)
     assert set(state) == {"embedding.weight"}

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from finetune import EvalSpec
+from finetune.precision import resolve_dtype
 from finetune.run import load_recipe
 from finetune.templates import get_template
 
@@ -35,7 +36,8 @@ def test_short_lora_run_learns_and_reloads_with_plain_peft(smollm2_path, tokeniz
     result = train(recipe)
     assert result.eval_loss_after < 0.8 * result.eval_loss_before
 
-    base = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32)
+    # In the dtype the run trained in (bf16 where it is native): the answers are the trained model's to the token.
+    base = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=resolve_dtype(recipe.model.dtype))
     model = PeftModel.from_pretrained(base, result.output_dir)
     tokenizer.pad_token = "<|endoftext|>"
     again = generate(model, tokenizer, get_template("chatml"), [s["messages"] for s in result.samples],

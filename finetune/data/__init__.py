@@ -2,7 +2,7 @@
 from .audit import LabelAudit, show_example
 from .dataset import SFTData, build_datasets, cache_dir
 from .readers import DataError, read_examples
-from .tokenize import IGNORE_INDEX, Encoder
+from .tokenize import IGNORE_INDEX, Encoder, plain_messages
 
 __all__ = ["DataError", "Encoder", "IGNORE_INDEX", "LabelAudit", "SFTData", "build_datasets", "cache_dir",
-           "read_examples", "show_example"]
+           "plain_messages", "read_examples", "show_example"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..templates import Template
 
-__all__ = ["Encoder", "IGNORE_INDEX", "auto_prefix_ids"]
+__all__ = ["Encoder", "IGNORE_INDEX", "auto_prefix_ids", "plain_messages"]
 
 IGNORE_INDEX = -100
 ENCODER_VERSION = 3
@@ -46,7 +46,7 @@ class Encoder:
 
     def render(self, messages: list[dict]) -> list[tuple[str, bool]]:
         """Template segments with neighbours of the same kind joined, so only mask boundaries split the text."""
-        segments = self.template.render(_clean(messages), bos=self.bos, eos=self.eos, tokenizer=self.tokenizer)
+        segments = self.template.render(plain_messages(messages), bos=self.bos, eos=self.eos, tokenizer=self.tokenizer)
         merged = segments[:1]
         for text, supervised in segments[1:]:
             if len(merged) > 1 and merged[-1][1] == supervised:
@@ -108,6 +108,6 @@ class Encoder:
         }
 
 
-def _clean(messages: list[dict]) -> list[dict]:
-    """Arrow stores absent keys as None; templates expect plain dicts."""
+def plain_messages(messages: list[dict]) -> list[dict]:
+    """Messages as plain dicts: Arrow stores a key that some messages lack (Alpaca's ``input``) as None in all."""
     return [{k: v for k, v in m.items() if v is not None} for m in messages]

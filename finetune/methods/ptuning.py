@@ -182,6 +182,12 @@ class PrefixModel(nn.Module):
     def get_input_embeddings(self):
         return self.base_model.get_input_embeddings()
 
+    def load_prefix(self, directory: str | Path) -> None:
+        """Load the prefix encoder written by :meth:`save_prefix` into this model (a checkpoint, the best one)."""
+        from safetensors.torch import load_file
+
+        self.prefix_encoder.load_state_dict(load_file(Path(directory) / PREFIX_WEIGHTS))
+
     def save_prefix(self, directory: str | Path) -> None:
         """Write only the prefix encoder (safetensors) and its shape; the base model is unchanged."""
         from safetensors.torch import save_file
