@@ -53,16 +53,17 @@ def matmul_peak(device: str) -> dict:
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         best = float("inf")
         for _ in range(8):
-            _sync(device)
+            sync_device(device)
             start = time.perf_counter()
             torch.matmul(a, b)
-            _sync(device)
+            sync_device(device)
             best = min(best, time.perf_counter() - start)
         out[str(dtype).replace("torch.", "")] = round(2 * n ** 3 / best / 1e9, 1)
     return out
 
 
-def _sync(device: str) -> None:
+def sync_device(device: str) -> None:
+    """Wait for the GPU's queued work, so a wall-clock reading covers it (nothing to wait for on CPU)."""
     if device == "cuda":
         import torch
 
@@ -88,7 +89,7 @@ def run_worker(config: str, model_path: Path, data_path: Path, steps: int, skip:
             cpu.append(sum(psutil.Process().cpu_times()[:2]))
 
         def on_step_end(self, args, state, control, **kwargs):
-            _sync(device)
+            sync_device(device)
             times.append(time.time())
             cpu.append(sum(psutil.Process().cpu_times()[:2]))
 

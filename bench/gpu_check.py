@@ -35,6 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench import matmul_peak, sync_device  # noqa: E402 - bench/ is on the path when this file runs
+
 WHEELS = ROOT / ".whl"
 NEEDED = ("datasets", "matplotlib", "bitsandbytes")  # beyond torch, transformers, peft and accelerate
 # Those three and what they need that such an image lacks, at the versions installed here.
@@ -268,31 +271,6 @@ def sdpa_backends(device: str) -> dict:
 # ---------------------------------------------------------------- 3. throughput on 7B-shaped layers
 
 
-def matmul_peak(device: str) -> dict:
-    import torch
-
-    n = 8192 if device == "cuda" else 1024
-    out = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        best = float("inf")
-        for _ in range(5):
-            _sync(device)
-            start = time.perf_counter()
-            a @ b
-            _sync(device)
-            best = min(best, time.perf_counter() - start)
-        out[str(dtype).replace("torch.", "")] = round(2 * n ** 3 / best / 1e9, 1)
-    return out
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-
-
 def check_throughput(device: str, work: Path, smoke: bool, peak: dict) -> list[dict]:
     """Tokens/s and MFU of LoRA, QLoRA and full fine-tuning on a few 7B-shaped layers (random weights), each
     trained through the Trainer as a run is (accelerate's autocast, our loss, AdamW), timed per optimiser step."""
@@ -323,7 +301,7 @@ def check_throughput(device: str, work: Path, smoke: bool, peak: dict) -> list[d
 
     class StepTimer(TrainerCallback):
         def on_step_end(self, *args, **kwargs):
-            _sync(device)
+            sync_device(device)
             times.append(time.perf_counter())
 
     family = get_family("llama")
@@ -342,7 +320,7 @@ def check_throughput(device: str, work: Path, smoke: bool, peak: dict) -> list[d
         times.clear()
         trainer = SFTTrainer(model=model, args=args, train_dataset=examples * steps,
                              data_collator=PaddingFreeCollator(), callbacks=[StepTimer()])
-        _sync(device)
+        sync_device(device)
         times.append(time.perf_counter())
         trainer.train()
         seconds = (times[-1] - times[skip]) / (steps - skip)
@@ -351,7 +329,8 @@ def check_throughput(device: str, work: Path, smoke: bool, peak: dict) -> list[d
         results.append({
             "method": name, "layers": shape["num_hidden_layers"], "parameters": parameters, "tokens_per_step": tokens,
             "step_seconds": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
-            "achieved_gflops": round(achieved, 1), "mfu_vs_measured_bf16_peak": round(achieved / peak["bfloat16"], 4),
+            "achieved_gflops": round(achieved, 1),
+            "mfu_vs_measured_bf16_peak": round(achieved / peak["bfloat16"], 4) if "bfloat16" in peak else None,
             "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
             "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None})
         del model, trainer

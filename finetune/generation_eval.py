@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from .data import plain_messages
+
 __all__ = ["GenerationEval"]
 
 
@@ -44,6 +46,8 @@ class GenerationEval:
     generate_kwargs: dict = field(default_factory=dict)
     output_dir: Optional[Path] = None
     evaluations: int = 0
+    predictions: list = field(default_factory=list)
+    """The answers of the latest evaluation, in the order of ``conversations``."""
 
     def __call__(self, model, tokenizer, template, accelerator, step: int, prefix: str = "eval") -> dict:
         """Answer, gather, score; returns ``{prefix}_<metric>`` values and ``{prefix}_generate_seconds``."""
@@ -61,7 +65,7 @@ class GenerationEval:
             gathered = [None] * world
             torch.distributed.all_gather_object(gathered, mine)
             mine = {i: answers for part in gathered for i, answers in part.items()}
-        predictions = [answer for i in range(len(batches)) for answer in mine[i]]
+        self.predictions = predictions = [answer for i in range(len(batches)) for answer in mine[i]]
         language = detect_language(list(references)) if self.language == "auto" else self.language
         scores = compute_scores(predictions, list(references), language)
         if self.output_dir is not None and accelerator.is_main_process:
@@ -70,6 +74,12 @@ class GenerationEval:
         metrics = {f"{prefix}_{k}": v for k, v in scores.items() if isinstance(v, (int, float))}
         metrics[f"{prefix}_generate_seconds"] = round(time.perf_counter() - started, 3)
         return metrics
+
+    def answered(self, conversations: list) -> bool:
+        """Whether the latest evaluation answered exactly these conversations first, greedily: then its answers
+        serve as the before/after samples too, instead of a second generation pass over the same prompts."""
+        return (not self.generate_kwargs.get("do_sample") and len(conversations) <= len(self.predictions)
+                and [plain_messages(c) for c in conversations] == self.conversations[:len(conversations)])
 
     def _write(self, step: int, prompts, references, predictions) -> None:
         folder = Path(self.output_dir) / "generations"

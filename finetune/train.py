@@ -229,6 +229,9 @@ def _untrained(model):
 def _held_out(trainer: SFTTrainer, tokenizer, template, samples: list, recipe: Recipe) -> tuple[float, list[str]]:
     """Eval loss on the held-out split and generations for a few of its prompts."""
     loss = trainer.evaluate()["eval_loss"]
+    generated = trainer.generation_eval
+    if generated is not None and generated.answered(samples):  # that evaluation already answered these prompts
+        return loss, generated.predictions[:len(samples)]
     prompts = [prompt_messages(c)[0] for c in samples]
     answers = generate(trainer.model, tokenizer, template, prompts, recipe.eval.max_new_tokens) if prompts else []
     return loss, answers
