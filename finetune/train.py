@@ -227,8 +227,17 @@ def _untrained(model):
 
 
 def _held_out(trainer: SFTTrainer, tokenizer, template, samples: list, recipe: Recipe) -> tuple[float, list[str]]:
-    """Eval loss on the held-out split and generations for a few of its prompts."""
-    loss = trainer.evaluate()["eval_loss"]
+    """Eval loss on the held-out split and generations for a few of its prompts.
+
+    With ``training.eval_strategy`` on, the Trainer has already evaluated the final weights at the last step (unless
+    ``load_best_model_at_end`` swapped them since): that evaluation is used rather than run twice.
+    """
+    last = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
+    final = trainer.state.global_step > 0 and not trainer.args.load_best_model_at_end
+    if final and last is not None and last["step"] == trainer.state.global_step:
+        loss = last["eval_loss"]
+    else:
+        loss = trainer.evaluate()["eval_loss"]
     generated = trainer.generation_eval
     if generated is not None and generated.answered(samples):  # that evaluation already answered these prompts
         return loss, generated.predictions[:len(samples)]
