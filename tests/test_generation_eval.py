@@ -72,8 +72,11 @@ def test_every_evaluation_logs_generation_scores_and_writes_the_answers(method, 
     assert "eval_metrics" in (run / "report.html").read_text()  # the scores' curve is in the report
 
 
-def test_the_best_checkpoint_by_a_generation_metric_is_the_saved_run(tiny_llama, learnable, tmp_path):
-    run = train(recipe(tiny_llama, learnable, tmp_path / "run", "lora", metric_for_best_model="eval_rouge-l",
+@pytest.mark.parametrize("method, weights", [("lora", "adapter_model.safetensors"),
+                                             ("ptuning", "prefix_encoder.safetensors")])  # PrefixTrainer loads it
+def test_the_best_checkpoint_by_a_generation_metric_is_the_saved_run(method, weights, tiny_llama, learnable,
+                                                                     tmp_path):
+    run = train(recipe(tiny_llama, learnable, tmp_path / "run", method, metric_for_best_model="eval_rouge-l",
                        load_best_model_at_end=True)).output_dir
     evals = logged_evals(run)
     assert [e["step"] for e in evals] == [0, 2, 4, 6, 6]  # the best weights are evaluated again at the end
@@ -83,8 +86,7 @@ def test_the_best_checkpoint_by_a_generation_metric_is_the_saved_run(tiny_llama,
     best = json.loads((run / "best.json").read_text())
     assert best == {"checkpoint": f"checkpoint-{best_step}", "step": best_step, "metric": "eval_rouge-l",
                     "value": best_value, "loaded_at_end": True}
-    saved = load_file(run / "adapter_model.safetensors")
-    kept = load_file(run / f"checkpoint-{best_step}" / "adapter_model.safetensors")
+    saved, kept = load_file(run / weights), load_file(run / f"checkpoint-{best_step}" / weights)
     assert saved.keys() == kept.keys() and all(torch.equal(saved[k], kept[k]) for k in saved)
     assert evals[-1]["eval_rouge-l"] == best_value  # the final evaluation ran on the best weights
     assert f"checkpoint-{best_step} (eval_rouge-l" in (run / "report.html").read_text()
