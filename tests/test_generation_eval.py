@@ -1,5 +1,6 @@
 """Generation metrics at every evaluation during training: logged beside eval_loss for every method, the best
 checkpoint kept by them, agreeing with ``finetune.evaluate`` on a checkpoint, and the same under 2-process DDP."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -55,7 +56,11 @@ def logged_evals(run_dir) -> list[dict]:
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_evaluation_logs_generation_scores_and_writes_the_answers(method, tiny_llama, learnable, tmp_path):
-    run = train(recipe(tiny_llama, learnable, tmp_path / "run", method)).output_dir
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    spec = recipe(tiny_llama, learnable, tmp_path / "run", method)
+    run = train(dataclasses.replace(spec, training=dataclasses.replace(spec.training, report_to="tensorboard"))
+                ).output_dir
     evals = logged_evals(run)
     # before training, then at steps 2, 4 and 6 (the last one is also the after-training evaluation)
     assert [e["step"] for e in evals] == [0, 2, 4, 6]
@@ -70,6 +75,8 @@ def test_every_evaluation_logs_generation_scores_and_writes_the_answers(method, 
     if method != "ptuning":  # a prefix moves a random 2-layer model slowly (eval loss 10.79 -> 10.39 in 6 steps)
         assert evals[-1]["eval_exact-match"] > evals[0]["eval_exact-match"]  # it learned to answer
     assert "eval_metrics" in (run / "report.html").read_text()  # the scores' curve is in the report
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("eval/rouge-l")] == [0, 2, 4, 6]  # and the dashboard's
 
 
 @pytest.mark.parametrize("method, weights", [("lora", "adapter_model.safetensors"),
