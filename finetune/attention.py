@@ -65,11 +65,12 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
     rows = _layout(position_ids, q_len) if position_ids is not None else [[q_len]]
     options = {"scale": scaling, "dropout_p": dropout if module.training else 0.0,
                "enable_gqa": query.shape[1] != key.shape[1]}
-    fp32_on_cpu = query.device.type == "cpu" and dtype == torch.bfloat16
+    fp32_on_cpu = module.training and query.device.type == "cpu" and dtype == torch.bfloat16
     if fp32_on_cpu:
         # PyTorch's CPU attention kernels run bf16 1.3-5x slower than fp32 at these lengths (forward + backward,
         # 40-300 tokens, 64-wide heads: measured with torch 2.13), and attention is a small share of the FLOPs.
-        # Autocast is paused, or it would cast them back.
+        # Autocast is paused, or it would cast them back. Only in training: evaluation and generation keep bf16
+        # attention, so a model reloaded with plain transformers ("sdpa") answers token for token the same.
         query, key, value = query.float(), key.float(), value.float()
     with torch.autocast("cpu", enabled=False) if fp32_on_cpu else contextlib.nullcontext():
         if all(r == rows[0] for r in rows):  # one layout for the whole batch (the packed row)
