@@ -203,10 +203,10 @@ def check_kernels(device: str, llama: Path, tokenizer) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from finetune.build import training_arguments
     from finetune.collators import PaddingCollator, PaddingFreeCollator
     from finetune.loss import chunked_linear_cross_entropy
     from finetune.recipe import TrainingSpec
-    from finetune.train import training_arguments
     from finetune.trainers import SFTTrainer
 
     out = {}
@@ -278,12 +278,10 @@ def check_throughput(device: str, work: Path, smoke: bool, peak: dict) -> list[d
     from transformers import AutoModelForCausalLM, LlamaConfig, TrainerCallback
 
     from finetune import FullSpec, LoraSpec
+    from finetune.build import method_model, training_arguments
     from finetune.collators import PaddingFreeCollator
-    from finetune.methods import apply_method
-    from finetune.models import get_family, load_model
-    from finetune.precision import upcast_trainable, weights_dtype
+    from finetune.models import get_family
     from finetune.recipe import ModelSpec, QuantSpec, TrainingSpec
-    from finetune.train import training_arguments
     from finetune.trainers import SFTTrainer
 
     shape = (dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4, vocab_size=512,
@@ -311,8 +309,7 @@ def check_throughput(device: str, work: Path, smoke: bool, peak: dict) -> list[d
     results = []
     for name, method, quantization in cases:
         spec = ModelSpec(path=str(folder), dtype="bfloat16", quantization=quantization)
-        dtype = weights_dtype(spec.dtype, method.trains_base)
-        model = upcast_trainable(apply_method(load_model(folder, family, spec, dtype=dtype), method, family))
+        model = method_model(folder, family, spec, method)
         parameters = sum(p.numel() * (2 if type(p).__name__ == "Params4bit" else 1) for p in model.parameters())
         args = training_arguments(TrainingSpec(max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-5,
                                                logging_steps=steps, report_to="none"),
@@ -329,7 +326,7 @@ def check_throughput(device: str, work: Path, smoke: bool, peak: dict) -> list[d
         results.append({
             "method": name, "layers": shape["num_hidden_layers"], "parameters": parameters, "tokens_per_step": tokens,
             "step_seconds": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
-            "achieved_gflops": round(achieved, 1),
+            "achieved_gflops": float(f"{achieved:.3g}"),  # 3 significant digits: the smoke shape is tiny
             "mfu_vs_measured_bf16_peak": round(achieved / peak["bfloat16"], 4) if "bfloat16" in peak else None,
             "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
             "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else None})

@@ -95,14 +95,12 @@ def build_ours(config: str, model_path: Path, data_path: Path, steps: int):
     """Our trainer built with the same functions ``finetune.train.train`` calls, in the same order."""
     from transformers import set_seed
 
+    from finetune.build import make_collator, method_model, training_arguments
     from finetune.data import LabelAudit, build_datasets
-    from finetune.methods import apply_method
-    from finetune.models import load_model, load_tokenizer, resolve_family
-    from finetune.precision import resolve_dtype, upcast_trainable, weights_dtype
+    from finetune.methods import get_method
+    from finetune.models import resolve_model
+    from finetune.precision import resolve_dtype
     from finetune.recipe import DataSpec, LoraSpec, ModelSpec, PTuningSpec, Recipe, TrainingSpec
-    from finetune.templates import get_template
-    from finetune.train import make_collator, training_arguments
-    from finetune.trainers import trainer_class
 
     set_seed(SEED)
     spec = OURS[config]
@@ -117,9 +115,8 @@ def build_ours(config: str, model_path: Path, data_path: Path, steps: int):
         training=TrainingSpec(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=BATCH,
                               learning_rate=LEARNING_RATE, lr_scheduler_type="linear", logging_steps=1, seed=SEED,
                               activation_checkpointing=spec.checkpointing))
-    family = resolve_family(recipe.model, model_path)
-    tokenizer = load_tokenizer(model_path, family)
-    template = get_template(recipe.data.template)
+    resolved = resolve_model(recipe.model, recipe.data.template)
+    tokenizer, template = resolved.tokenizer, resolved.template
 
     def tokenize():
         built = build_datasets(recipe.data, tokenizer, template, MAX_LENGTH, SEED)
@@ -128,11 +125,10 @@ def build_ours(config: str, model_path: Path, data_path: Path, steps: int):
 
     data, cold = tokenize()
     LabelAudit.of(data.train, tokenizer, data.skipped)  # train() always audits; it counts toward the first step
-    model = load_model(model_path, family, recipe.model, dtype=weights_dtype(spec.dtype, recipe.method.trains_base))
-    base_parameters = sum(p.numel() for p in model.parameters())
     set_seed(SEED)  # the same adapter initialisation in every configuration
-    model = upcast_trainable(apply_method(model, recipe.method, family))
-    cls = trainer_class(spec.method)
+    model = method_model(resolved.path, resolved.family, recipe.model, recipe.method)
+    base_parameters = sum(p.numel() for n, p in model.named_parameters() if not p.requires_grad)
+    cls = get_method(recipe.method.name).trainer
     if spec.all_logits:
         cls = _with_all_logits(cls)
     trainer = cls(

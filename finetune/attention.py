@@ -43,26 +43,22 @@ def segment_lengths(position_ids: torch.Tensor) -> list[list[int]]:
     return rows
 
 
-_last_layout: tuple = (None, None)
-
-
-def _layout(position_ids: torch.Tensor, q_len: int) -> list[list[int]]:
-    """``segment_lengths`` once per forward: every layer gets the same ``position_ids`` tensor, and reading it
-    back to the host (a device sync on GPU) for each of them would be wasted."""
-    global _last_layout
-    if _last_layout[0] is not position_ids:
-        _last_layout = (position_ids, segment_lengths(position_ids[:, -q_len:]))
-    return _last_layout[1]
-
-
 def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                          position_ids=None, **kwargs):
-    """An ``AttentionInterface`` function: (batch, heads, len, dim) in, (batch, len, heads, dim) out."""
+                          position_ids=None, packed_lengths=None, **kwargs):
+    """An ``AttentionInterface`` function: (batch, heads, len, dim) in, (batch, len, heads, dim) out.
+
+    ``packed_lengths`` (the example lengths of each row, host integers) comes from ``PaddingFreeCollator``
+    through the model's keyword arguments; without it the layout is read from ``position_ids``, which on a GPU
+    costs a device sync in every layer.
+    """
     if attention_mask is not None:  # padding somewhere: the dense mask is needed, and correct
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     q_len, dtype = query.shape[2], query.dtype
-    rows = _layout(position_ids, q_len) if position_ids is not None else [[q_len]]
+    if packed_lengths is not None:
+        rows = packed_lengths
+    else:
+        rows = segment_lengths(position_ids[:, -q_len:]) if position_ids is not None else [[q_len]]
     options = {"scale": scaling, "dropout_p": dropout if module.training else 0.0,
                "enable_gqa": query.shape[1] != key.shape[1]}
     fp32_on_cpu = module.training and query.device.type == "cpu" and dtype == torch.bfloat16

@@ -6,15 +6,18 @@ the trainer state, the last file), and resuming only ever picks a marked one.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import signal
+import time
 from pathlib import Path
 from typing import Optional
 
 from transformers import TrainerCallback
 
-__all__ = ["GracefulStop", "MarkComplete", "latest_checkpoint", "latest_run_dir", "COMPLETE"]
+__all__ = ["GracefulStop", "MarkComplete", "latest_checkpoint", "latest_run_dir", "run_folder", "write_best",
+           "COMPLETE"]
 
 logger = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
@@ -73,3 +76,42 @@ def latest_run_dir(name: str, root: str | Path = "runs") -> Optional[Path]:
     """The most recent ``runs/<name>-<timestamp>`` folder."""
     runs = sorted(Path(root).glob(f"{name}-*"), key=lambda p: p.name)
     return runs[-1] if runs else None
+
+
+def run_folder(name: str, output_dir: str, resume: bool | str) -> tuple[Path, Optional[Path]]:
+    """The run folder, and the checkpoint to resume from (None for a fresh run).
+
+    Args:
+        name: the recipe's name (``runs/<name>-<timestamp>`` when ``output_dir`` is empty).
+        output_dir: ``training.output_dir``.
+        resume: ``False``, ``True`` (the latest complete checkpoint) or a checkpoint folder.
+
+    Raises:
+        FileNotFoundError: ``resume`` names no complete checkpoint, or finds none.
+    """
+    if resume and not isinstance(resume, bool):
+        checkpoint = Path(resume)
+        if not (checkpoint / COMPLETE).exists():
+            raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint folder (no {COMPLETE} marker).")
+        return checkpoint.parent, checkpoint
+    if not resume:
+        return Path(output_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"), None
+    run_dir = Path(output_dir) if output_dir else latest_run_dir(name)
+    checkpoint = latest_checkpoint(run_dir) if run_dir else None
+    if checkpoint is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint in {run_dir or f'runs/{name}-*'}; set "
+                                "training.save_strategy=steps to write checkpoints, or start a fresh run.")
+    logger.info("Resuming from %s", checkpoint)
+    return run_dir, checkpoint
+
+
+def write_best(trainer, output_dir: Path) -> None:
+    """``best.json``: the checkpoint ``metric_for_best_model`` picked (the run folder holds it when
+    ``load_best_model_at_end``), for the report and for anyone choosing a checkpoint later."""
+    state, args = trainer.state, trainer.args
+    if state.best_model_checkpoint and trainer.is_world_process_zero():
+        checkpoint = Path(state.best_model_checkpoint)
+        (output_dir / "best.json").write_text(json.dumps({
+            "checkpoint": checkpoint.name, "step": int(checkpoint.name.rsplit("-", 1)[-1]),
+            "metric": args.metric_for_best_model, "value": state.best_metric,
+            "loaded_at_end": bool(args.load_best_model_at_end)}, indent=2))

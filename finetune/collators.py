@@ -76,7 +76,10 @@ class PaddingFreeCollator:
             positions += range(len(ids))
             bounds.append(len(input_ids))
         batch = {"input_ids": torch.tensor([input_ids]), "labels": torch.tensor([labels]),
-                 "position_ids": torch.tensor([positions])}
+                 "position_ids": torch.tensor([positions]),
+                 # The row's layout as host integers, for the packed SDPA kernel (finetune/attention.py): it reaches
+                 # every attention layer as a keyword argument, so no layer reads it back from the device.
+                 "packed_lengths": [[b - a for a, b in zip(bounds, bounds[1:])]]}
         if self.flash_attn_kwargs:
             longest = max(b - a for a, b in zip(bounds, bounds[1:]))
             cumulative = torch.tensor(bounds, dtype=torch.int32)

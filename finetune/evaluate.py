@@ -17,13 +17,15 @@ from typing import Mapping, Optional, Sequence
 
 from transformers import set_seed
 
-from .data import DataError, build_datasets, plain_messages, read_examples
-from .generate import generate, prompt_messages
+from .conversation import drop_none, plain_messages, prompt_messages, user_text
+from .data import DataError, build_datasets, read_examples
+from .generate import generate
 from .inference import load_run
 from .metrics import compute_scores, detect_language
 from .verbalizer import verbalizer_accuracy
 
-__all__ = ["eval_conversations", "evaluate_model", "evaluate_run", "format_table", "main"]
+__all__ = ["BeforeAfter", "eval_conversations", "evaluate_model", "evaluate_run", "format_table", "main",
+           "score_predictions"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,16 +77,105 @@ def evaluate_model(model, tokenizer, template, conversations: Sequence[list[dict
         raise ValueError("no examples to evaluate")
     if verbalizer:
         result = verbalizer_accuracy(model, tokenizer, template, conversations, verbalizer, normalize)
-        rows = [{"prompt": _prompt_text(prompt_messages(c)[0]), **p}
+        rows = [{"prompt": user_text(prompt_messages(c)[0][-1]), **p}
                 for c, p in zip(conversations, result.pop("predictions"))]
         return rows, result
+    prompts = [prompt_messages(c)[0] for c in conversations]
+    predictions = generate(model, tokenizer, template, prompts, max_new_tokens, batch_size, **generate_kwargs)
+    return score_predictions(conversations, predictions, language)
+
+
+def score_predictions(conversations: Sequence[list[dict]], predictions: Sequence[str],
+                      language: str = "auto") -> tuple[list[dict], dict]:
+    """Score answers to the conversations' last turns: the rows and scores of :func:`evaluate_model`."""
     prompts, references = zip(*(prompt_messages(c) for c in conversations))
-    predictions = generate(model, tokenizer, template, list(prompts), max_new_tokens, batch_size, **generate_kwargs)
     if language == "auto":
         language = detect_language(list(references))  # recorded, so a reader knows which recipe scored it
-    rows = [{"prompt": _prompt_text(p), "reference": r, "prediction": a}
+    rows = [{"prompt": user_text(p[-1]), "reference": r, "prediction": a}
             for p, r, a in zip(prompts, references, predictions)]
-    return rows, {**compute_scores(predictions, list(references), language), "language": language}
+    return rows, {**compute_scores(list(predictions), list(references), language), "language": language}
+
+
+class BeforeAfter:
+    """How a run ends: held-out eval loss and answers to the first ``eval.samples`` held-out prompts, from the
+    untrained base (before) and the trained model (after), scored, logged and written to ``samples.json``.
+
+    Args:
+        trainer: the run's trainer (its ``evaluate`` gives the loss; its ``generation_eval``, when on, may already
+            have answered the same prompts, and its answers are then reused instead of generated twice).
+        eval_data: the tokenized held-out split (its ``messages`` column).
+        untrained: the method's baseline context (``Method.untrained``).
+    """
+
+    def __init__(self, trainer, eval_data, spec, untrained):
+        self.trainer, self.spec, self.untrained = trainer, spec, untrained
+        count = min(spec.samples, len(eval_data))
+        self.conversations = [plain_messages(c) for c in eval_data.select(range(count))["messages"]]
+        self.before: tuple[float, list[str]] = (float("nan"), [])
+
+    def measure_before(self) -> None:
+        with self.untrained(self.trainer.model):
+            self.before = self._measure()
+
+    def measure_after(self, output_dir: Path) -> dict:
+        """Measure the trained model, log the comparison and write ``samples.json``; returns what it holds."""
+        (loss_before, before), (loss_after, after) = self.before, self._measure()
+        result = {"eval_loss_before": loss_before, "eval_loss_after": loss_after, "scores": None, "samples": []}
+        if self.conversations:
+            rows, scores = score_predictions(self.conversations, after)
+            _, baseline = score_predictions(self.conversations, before, scores["language"])
+            result["scores"] = {"scores": scores, "baseline": baseline,
+                                "difference": {k: v - baseline[k] for k, v in scores.items() if _number(v)}}
+            result["samples"] = [{"messages": prompt_messages(c)[0], "prompt": row["prompt"],
+                                  "reference": row["reference"], "before": b, "after": row["prediction"]}
+                                 for c, row, b in zip(self.conversations, rows, before)]
+        if self.trainer.is_world_process_zero():
+            (output_dir / "samples.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        logger.info("%s", _comparison(result))
+        if result["scores"]:
+            logger.info("Held-out metrics on %d generated answers (base = before training):\n%s",
+                        len(result["samples"]), format_table(result["scores"]))
+        return result
+
+    def _measure(self) -> tuple[float, list[str]]:
+        """Eval loss on the held-out split and answers to the sample prompts.
+
+        With ``training.eval_strategy`` on, the Trainer has already evaluated the final weights at the last step
+        (unless ``load_best_model_at_end`` swapped them since): that evaluation is used rather than run twice.
+        """
+        trainer = self.trainer
+        last = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
+        final = trainer.state.global_step > 0 and not trainer.args.load_best_model_at_end
+        if final and last is not None and last["step"] == trainer.state.global_step:
+            loss = last["eval_loss"]
+        else:
+            loss = trainer.evaluate()["eval_loss"]
+        generated = trainer.generation_eval
+        if generated is not None and generated.answered(self.conversations):
+            return loss, generated.predictions[:len(self.conversations)]
+        prompts = [prompt_messages(c)[0] for c in self.conversations]
+        answers = generate(trainer.model, trainer.processing_class, trainer.template, prompts,
+                           self.spec.max_new_tokens) if prompts else []
+        return loss, answers
+
+
+def _comparison(result: dict) -> str:
+    samples = result["samples"]
+    lines = [f"Held-out eval loss: before {result['eval_loss_before']:.4f} -> after {result['eval_loss_after']:.4f}"]
+    for i, s in enumerate(samples):
+        lines += [f"--- held-out example {i}", f"prompt:    {_short(s['prompt'])}",
+                  f"reference: {_short(s['reference'])}", f"before:    {_short(s['before'])}",
+                  f"after:     {_short(s['after'])}"]
+    if samples:
+        after = sum(s["after"].strip() == s["reference"].strip() for s in samples)
+        before = sum(s["before"].strip() == s["reference"].strip() for s in samples)
+        lines.append(f"Exact match on {len(samples)} held-out prompts: before {before}, after {after}")
+    return "\n".join(lines)
+
+
+def _short(text: str, width: int = 160) -> str:
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def evaluate_run(run_dir: str | Path, data: Optional[str] = None, baseline: bool = False, *,
@@ -119,7 +210,7 @@ def evaluate_run(run_dir: str | Path, data: Optional[str] = None, baseline: bool
     set_seed(recipe.training.seed)  # only matters when sampling: the same seed gives the same samples
     rows, scores = evaluate_model(run.model, tokenizer, template, conversations, **options)
     report = {"run_dir": str(run_dir), "data": data or recipe.data.eval or f"eval_split={recipe.data.eval_split}",
-              "examples": len(rows), "options": {k: v for k, v in options.items() if v is not None},
+              "examples": len(rows), "options": drop_none(options),
               "scores": scores}
     if baseline:
         run.model = None  # let the fine-tuned model go before the base model is loaded
@@ -151,11 +242,6 @@ def format_table(report: dict) -> str:
             cells += [f"{report['baseline'][key]:10.2f}", f"{report['difference'][key]:+10.2f}"]
         lines.append(f"{key:<12}" + "".join(cells))
     return "\n".join(lines)
-
-
-def _prompt_text(messages: Sequence[dict]) -> str:
-    last = messages[-1]
-    return f"{last['content']}\n\n{last['input']}" if last.get("input") else last["content"]
 
 
 def _number(value) -> bool:

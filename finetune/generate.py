@@ -7,15 +7,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .collators import PaddingCollator
+from .conversation import prompt_messages
 from .data.tokenize import Encoder
 
 __all__ = ["generate", "prompt_messages"]
-
-
-def prompt_messages(conversation: Sequence[dict]) -> tuple[list[dict], str]:
-    """Split a conversation into (everything before the last answer, the last answer)."""
-    last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
-    return list(conversation[:last]), conversation[last]["content"]
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from .data import plain_messages
+from .conversation import plain_messages, prompt_messages
 
 __all__ = ["GenerationEval"]
 
@@ -49,9 +49,12 @@ class GenerationEval:
     predictions: list = field(default_factory=list)
     """The answers of the latest evaluation, in the order of ``conversations``."""
 
+    def __post_init__(self):
+        self.conversations = [plain_messages(c) for c in self.conversations]
+
     def __call__(self, model, tokenizer, template, accelerator, step: int, prefix: str = "eval") -> dict:
         """Answer, gather, score; returns ``{prefix}_<metric>`` values and ``{prefix}_generate_seconds``."""
-        from .generate import generate, prompt_messages
+        from .generate import generate
         from .metrics import compute_scores, detect_language
 
         started = time.perf_counter()

@@ -1,12 +1,13 @@
-"""Loading a finished run for inference: base model + adapter or prefix, tokenizer, and the training template."""
+"""Loading a finished run for inference: base model + what the method trained, tokenizer, and the training
+template."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .methods.ptuning import PREFIX_CONFIG, load_prefix_model
-from .models import Family, load_model, load_tokenizer, resolve_family, resolve_model_path
+from .methods import get_method
+from .models import Family, load_model, resolve_model
 from .recipe import Recipe, recipe_from_dict
 from .templates import template_from_dict
 
@@ -43,16 +44,9 @@ def load_run(run_dir: str | Path, base: bool = False) -> LoadedRun:
             raise FileNotFoundError(f"{run_dir} has no {name}: not a finetune run folder (or an incomplete one).")
     recipe = recipe_from_dict(json.loads((run_dir / "recipe.json").read_text()))
     template = template_from_dict(json.loads((run_dir / "template.json").read_text()))
-    path = resolve_model_path(recipe.model.path)
-    family = resolve_family(recipe.model, path)
-    tokenizer = load_tokenizer(run_dir, family)
-    full_run = recipe.method.name == "full" and not base
-    model = load_model(run_dir if full_run else path, family, recipe.model)
-    if not (base or full_run):  # else the weights loaded are already the ones asked for
-        if (run_dir / PREFIX_CONFIG).exists():
-            model = load_prefix_model(model, run_dir)
-        else:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, run_dir)
-    return LoadedRun(model.eval(), tokenizer, template, recipe, run_dir, path, family)
+    resolved = resolve_model(recipe.model, template, tokenizer_from=run_dir, check_window=False)
+    method = get_method(recipe.method.name)
+    model = load_model(run_dir if method.weights_in_run and not base else resolved.path, resolved.family, recipe.model)
+    if not base:
+        model = method.load(model, run_dir)
+    return LoadedRun(model.eval(), resolved.tokenizer, template, recipe, run_dir, resolved.path, resolved.family)

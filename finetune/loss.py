@@ -9,7 +9,6 @@ written here in plain PyTorch because it has to run on CPU and Liger's kernels a
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 from .data.tokenize import IGNORE_INDEX
 from .precision import compute_dtype
 
-__all__ = ["causal_lm_loss", "chunked_linear_cross_entropy", "fusable_causal_lm", "hidden_states_out"]
+__all__ = ["causal_lm_loss", "chunked_linear_cross_entropy", "fusable_causal_lm", "FinalHiddenStates"]
 
 CHUNK_ELEMENTS = 2 ** 24
 """Logits computed at once: positions per chunk x vocabulary (64 MB of fp32)."""
@@ -146,13 +145,23 @@ def fusable_causal_lm(model) -> nn.Module | None:
     return None
 
 
-@contextlib.contextmanager
-def hidden_states_out(causal_lm):
-    """Within this block the causal LM's head is the identity, so its ``logits`` are the final hidden states;
-    yields the head."""
-    head = causal_lm.get_output_embeddings()
-    causal_lm.set_output_embeddings(nn.Identity())
-    try:
-        yield head
-    finally:
-        causal_lm.set_output_embeddings(head)
+class FinalHiddenStates:
+    """The decoder's ``last_hidden_state`` of the forward run inside this block, read by a forward hook.
+
+    The model is not changed: its head still runs, on the positions ``logits_to_keep`` names (none, for the
+    chunked loss). Read from the hook rather than with ``output_hidden_states=True``, which would also return
+    every layer's states, and under mixed precision accelerate would copy each of them to fp32.
+    """
+
+    def __init__(self, causal_lm: nn.Module):
+        self.decoder, self.value = causal_lm.get_decoder(), None
+
+    def __enter__(self) -> "FinalHiddenStates":
+        self._handle = self.decoder.register_forward_hook(self._keep)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def _keep(self, module, args, output) -> None:
+        self.value = output.last_hidden_state

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .inference import load_run
+from .methods import get_method
 from .models import load_model
 from .trainers import write_run_files
 
@@ -30,13 +31,13 @@ def merge_run(run_dir: str | Path, out: str | Path) -> dict:
     """Merge the adapter of ``run_dir`` into its base, save to ``out`` and return the error report.
 
     Raises:
-        ValueError: when the run is not a LoRA/QLoRA run.
+        ValueError: when the run's method does not merge (only LoRA/DoRA/QLoRA adapters do).
     """
     from peft import PeftModel
 
     run_dir, out = Path(run_dir), Path(out)
     trained = load_run(run_dir)  # exactly what was trained: adapter over the (possibly 4-bit) base
-    if trained.recipe.method.name != "lora":
+    if not get_method(trained.recipe.method.name).merges:
         raise ValueError(f"{run_dir}: only LoRA/QLoRA runs can be merged (this one used {trained.recipe.method.name}).")
     spec = trained.recipe.model
     dtype_spec = spec if spec.quantization is None else _with_dtype(spec, spec.quantization.compute_dtype)

@@ -16,12 +16,10 @@ from typing import Any, Mapping, Optional, Union
 __all__ = [
     "ModelSpec", "QuantSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec",
     "EvalSpec", "Recipe",
-    "RecipeError", "recipe_to_dict", "recipe_from_dict", "resolved_batching",
+    "RecipeError", "recipe_to_dict", "recipe_from_dict", "resolved_batching", "register_method_spec",
 ]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-PREFIX_PACKING_ATTENTION = ("auto", "sdpa_packed")
-"""model.attn_implementation values under which P-Tuning v2 may train padding-free (finetune/attention.py)."""
 DATA_FORMATS = ("alpaca", "adgen", "sharegpt", "firefly", "messages", "text")
 
 
@@ -138,6 +136,9 @@ class LoraSpec:
 
     name: typing.ClassVar[str] = "lora"
     trains_base: typing.ClassVar[bool] = False
+    """Only added parameters train, so the frozen base may load in bf16 (or 4 bits)."""
+    padding_free_attention: typing.ClassVar[Optional[tuple[str, ...]]] = None
+    """Attention kernels under which padding-free batches work; ``None``: any."""
     r: int = 8
     """Rank of the update matrices."""
     alpha: int = 16
@@ -164,6 +165,7 @@ class FullSpec:
     name: typing.ClassVar[str] = "full"
     trains_base: typing.ClassVar[bool] = True
     """Every weight trains, so the base is loaded in fp32 (master weights) whatever model.dtype says."""
+    padding_free_attention: typing.ClassVar[Optional[tuple[str, ...]]] = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,9 @@ class PTuningSpec:
 
     name: typing.ClassVar[str] = "ptuning"
     trains_base: typing.ClassVar[bool] = False
+    padding_free_attention: typing.ClassVar[Optional[tuple[str, ...]]] = ("auto", "sdpa_packed")
+    """Packed examples must each see the shared prefix and themselves only: ``sdpa_packed`` (finetune/attention.py)
+    can, a dense kernel cannot."""
     pre_seq_len: int = 128
     """Number of virtual tokens (ChatGLM2's PRE_SEQ_LEN)."""
     prefix_projection: bool = False
@@ -187,6 +192,18 @@ class PTuningSpec:
 
 
 MethodSpec = Union[LoraSpec, FullSpec, PTuningSpec]
+"""The built-in methods' specs; any spec registered with ``finetune.methods.register_method`` is accepted too."""
+
+_METHOD_SPECS: dict[str, type] = {}
+
+
+def register_method_spec(spec: type) -> None:
+    """Let ``recipe_from_dict`` read ``method.name`` back as ``spec`` (``register_method`` calls this)."""
+    _METHOD_SPECS[spec.name] = spec
+
+
+for _spec in typing.get_args(MethodSpec):
+    register_method_spec(_spec)
 
 
 @dataclass(frozen=True)
@@ -284,20 +301,25 @@ class Recipe:
             raise RecipeError("data.train is empty: set it to a JSON/JSONL file of examples (or data.sources).")
         if self.data.train and self.data.sources:
             raise RecipeError("Set data.train or data.sources, not both.")
-        if (self.data.batching == "padding_free" and self.method.name == "ptuning"
-                and self.model.attn_implementation not in PREFIX_PACKING_ATTENTION):
-            raise RecipeError(f"data.batching=padding_free with P-Tuning v2 needs model.attn_implementation=auto "
-                              f"(sdpa_packed: every packed example attends to the prefix and to itself only); "
-                              f"{self.model.attn_implementation!r} cannot, so use it with data.batching=padded.")
+        if self.data.batching == "padding_free" and not _packs(self):
+            allowed = " or ".join(self.method.padding_free_attention)
+            raise RecipeError(f"data.batching=padding_free with method {self.method.name!r} needs "
+                              f"model.attn_implementation={allowed} (every packed example must attend to the shared "
+                              f"prefix and to itself only); {self.model.attn_implementation!r} cannot, so use it with "
+                              "data.batching=padded.")
 
 
 def resolved_batching(recipe: Recipe) -> str:
-    """``data.batching`` with ``auto`` decided: padding-free, unless P-Tuning v2 runs on an attention kernel that
-    cannot share one prefix between packed examples."""
+    """``data.batching`` with ``auto`` decided: padding-free, unless the method needs an attention kernel for it
+    that the recipe does not run (P-Tuning v2 on a dense kernel: one prefix cannot be shared between examples)."""
     if recipe.data.batching != "auto":
         return recipe.data.batching
-    packs_prefix = recipe.model.attn_implementation in PREFIX_PACKING_ATTENTION
-    return "padded" if recipe.method.name == "ptuning" and not packs_prefix else "padding_free"
+    return "padding_free" if _packs(recipe) else "padded"
+
+
+def _packs(recipe: Recipe) -> bool:
+    allowed = getattr(recipe.method, "padding_free_attention", None)
+    return allowed is None or recipe.model.attn_implementation in allowed
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
@@ -310,9 +332,12 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 def recipe_from_dict(data: Mapping[str, Any]) -> Recipe:
     """Inverse of :func:`recipe_to_dict` (used to read ``recipe.json`` back from a run folder)."""
     method = dict(data["method"])
-    method_cls = {cls.name: cls for cls in typing.get_args(MethodSpec)}[method.pop("name")]
-    if method.get("target_modules") is not None:
-        method["target_modules"] = tuple(method["target_modules"])
+    name = method.pop("name")
+    if name not in _METHOD_SPECS:
+        raise RecipeError(f"method {name!r} is not registered here; import the module that registers it "
+                          f"(known: {', '.join(sorted(_METHOD_SPECS))}).")
+    method_cls = _METHOD_SPECS[name]
+    method = {k: tuple(v) if isinstance(v, list) else v for k, v in method.items()}  # JSON has no tuples
     model = dict(data["model"])
     if model.get("quantization") is not None:
         model["quantization"] = QuantSpec(**model["quantization"])

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # the object API draws with Agg and never opens a window
 
+from .conversation import drop_none
+
 __all__ = ["write_report", "compare_runs", "read_logs", "main"]
 
 logger = logging.getLogger("finetune")
@@ -92,7 +94,7 @@ def _run_figures(logs: list[dict], best: dict | None = None) -> dict[str, Figure
                 axes = figures[stem].axes[0]
                 axes.axvline(best["step"], linestyle=":", color="grey", label=f"best by {best['metric']}")
                 axes.legend(fontsize="small")
-    return {stem: f for stem, f in figures.items() if f is not None}
+    return drop_none(figures)
 
 
 def _save(figures: dict[str, Figure], out_dir: Path) -> dict[str, bytes]:
@@ -225,7 +227,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
                    (f"{name} eval", *_series(entries, "eval_loss"), "o--", i)]
     figures = {"loss": _figure("Loss", curves),
                "eval_loss": _figure("Eval loss", [(n, *_series(e, "eval_loss"), "o-") for n, e in logs.items()])}
-    images = _save({k: f for k, f in figures.items() if f is not None}, out_dir)
+    images = _save(drop_none(figures), out_dir)
     rows = {name: _summary(r, logs[name]) for name, r in zip(names, run_dirs)}
     page = _page(f"Comparison of {len(run_dirs)} runs", [("Metrics", _table(rows)), ("Plots", _images(images))])
     path = out_dir / "report.html"

@@ -8,30 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import runpy
 import sys
-from pathlib import Path
 
-from .overrides import apply_overrides
-from .recipe import Recipe, RecipeError, recipe_to_dict
+from .recipe import RecipeError, recipe_to_dict
+from .recipe_file import load_recipe
 
 __all__ = ["load_recipe", "main"]
-
-
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Run a recipe file and return its module-level ``recipe`` with ``overrides`` applied.
-
-    Raises:
-        RecipeError: when the file is missing or defines no ``Recipe`` named ``recipe``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"Recipe file {path} not found; recipes live in recipes/, e.g. recipes/smollm2_lora.py")
-    namespace = runpy.run_path(str(path))
-    recipe = namespace.get("recipe")
-    if not isinstance(recipe, Recipe):
-        raise RecipeError(f"{path} must define `recipe = Recipe(...)` at module level (found {type(recipe).__name__}).")
-    return apply_overrides(recipe, list(overrides))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     print("Resolved recipe:\n" + json.dumps(recipe_to_dict(recipe), indent=2, ensure_ascii=False))
     from .train import train  # heavy imports only after the recipe is known to be valid
 
-    result = train(recipe, dry_run=args.dry_run, resume=args.resume)
+    try:
+        result = train(recipe, dry_run=args.dry_run, resume=args.resume)
+    except KeyboardInterrupt:  # a second SIGINT/SIGTERM (finetune.checkpoints.GracefulStop): stop now
+        print("error: aborted by a second signal; checkpoints already written are kept (resume with --resume).",
+              file=sys.stderr)
+        return 130
     return 130 if result.interrupted else 0
 
 

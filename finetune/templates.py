@@ -2,8 +2,8 @@
 
 A template turns ``messages`` (``{"role": "system" | "user" | "assistant", "content": ...}``, a user message may
 carry an ``input`` field as in Alpaca data) into segments ``(text, supervised)``. Assistant answers are
-supervised; everything else is context whose labels become -100. Exact strings and their sources are in
-``shared/TEMPLATES.md``; ``tests/test_templates.py`` pins each as a golden string.
+supervised; everything else is context whose labels become -100. Each built-in template names its source in a
+comment beside it; ``tests/test_templates.py`` pins each as a golden string.
 
 Placeholders: ``{content}``, ``{input}``, ``{round}`` (counted from 1), ``{system}``, ``{bos}``, ``{eos}``.
 ``{bos}`` is the text of the special tokens the tokenizer itself prepends (``<s>`` for Llama-2, nothing for
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
+
+from .conversation import user_text
 
 __all__ = ["Template", "TokenizerTemplate", "get_template", "register_template", "template_names", "Segment"]
 
@@ -83,8 +85,8 @@ class Template:
                 if round_no == 1 and self.system_in_first_user:
                     content = system_block + content
                 fmt = self.user_with_input if (message.get("input") and self.user_with_input) else self.user
-                if message.get("input") and not self.user_with_input:
-                    content = f"{content}\n\n{message['input']}"
+                if not self.user_with_input:
+                    content = user_text({**message, "content": content})
                 if i > 0 and self.separator:
                     segments.append((self.separator, False))
                 segments.append((fmt.format(content=content, input=message.get("input") or "", round=round_no,
@@ -114,7 +116,7 @@ class TokenizerTemplate:
     def render(self, messages: Sequence[dict], *, bos: str = "", eos: str = "", tokenizer: Any = None) -> list[Segment]:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("Template 'tokenizer' needs a tokenizer with a chat_template; pick a named template.")
-        plain = [{"role": m["role"], "content": _join_input(m)} for m in messages]
+        plain = [{"role": m["role"], "content": user_text(m)} for m in messages]
         segments: list[Segment] = []
         done = ""
         for i, message in enumerate(plain):
@@ -139,10 +141,6 @@ def _split_system(messages: Sequence[dict]) -> tuple[Optional[str], list[dict]]:
     if messages and messages[0]["role"] == "system":
         return messages[0]["content"], list(messages[1:])
     return None, list(messages)
-
-
-def _join_input(message: dict) -> str:
-    return f"{message['content']}\n\n{message['input']}" if message.get("input") else message["content"]
 
 
 _REGISTRY: dict[str, Any] = {}
@@ -193,20 +191,25 @@ for _template in [
     Template(
         name="llama2", prefix="", system="<<SYS>>\n{system}\n<</SYS>>\n\n", default_system=LLAMA2_SYSTEM,
         system_in_first_user=True, user="{bos}[INST] {content} [/INST]", assistant=" {content} {eos}"),
+    # Linly-Chinese-LLaMA-2's prompt (the prompt stripped); also in LLaMA-Factory's template list.
     Template(name="linly", user="### Instruction:{content} ### Response:", strip_content=True, separator="\n"),
+    # Nous-Hermes' model card: Alpaca-like, with a newline after each header.
     Template(
         name="nous", user="### Instruction:\n{content}\n\n### Response:\n", separator="\n\n",
         user_with_input="### Instruction:\n{content}\n\n### Input:\n{input}\n\n### Response:\n"),
+    # The yayi-7b-llama2 model card (its system prompt is Llama-2's, renamed to YaYi).
     Template(
         name="yayi", system="<|System|>:\n{system}\n\n", separator="\n\n",
         default_system=LLAMA2_SYSTEM.replace(
             "honest assistant.", "honest assistant named YaYi developed by Beijing Wenge Technology Co.,Ltd."),
         user="<|Human|>:\n{content}\n\n<|YaYi|>:\n"),
+    # The StableBeluga2 model card.
     Template(
         name="stablebeluga2", system="### System:\n{system}\n\n", separator="\n\n",
         default_system=("You are Stable Beluga, an AI that follows instructions extremely well. Help as much as you "
                         "can. Remember, be safe, and don't do anything illegal."),
         user="### User: {content}\n\n### Assistant:\n"),
+    # The Guanaco (QLoRA paper) model card: one-line turns.
     Template(
         name="guanaco", system="{system}\n", separator=" ",
         default_system=("A chat between a curious human and an artificial intelligence assistant. The assistant "
@@ -226,6 +229,7 @@ for _template in [
     Template(name="text", user="{content}"),
     # Firefly's multi-turn layout: <s>input1</s>target1</s>input2</s>target2</s>
     Template(name="firefly", user="{content}{eos}"),
+    # ChatML (SmolLM2-Instruct's own chat template, without its default system message).
     Template(
         name="chatml", prefix="", system="<|im_start|>system\n{system}<|im_end|>\n", separator="\n",
         user="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n", assistant="{content}<|im_end|>"),

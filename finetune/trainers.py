@@ -1,7 +1,6 @@
 """Trainer subclasses: the loss hook and the save hook, each short and delegating to ``transformers.Trainer``."""
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -15,10 +14,10 @@ except ImportError:  # Python < 3.12
     from typing_extensions import override
 
 from .data.tokenize import IGNORE_INDEX
-from .loss import causal_lm_loss, chunked_linear_cross_entropy, fusable_causal_lm, hidden_states_out
+from .loss import FinalHiddenStates, causal_lm_loss, chunked_linear_cross_entropy, fusable_causal_lm
 from .recipe import recipe_to_dict
 
-__all__ = ["SFTTrainer", "PrefixTrainer", "trainer_class", "write_run_files"]
+__all__ = ["SFTTrainer", "write_run_files"]
 
 
 def write_run_files(output_dir: str | Path, template, recipe) -> None:
@@ -61,12 +60,15 @@ class SFTTrainer(Trainer):
         smoothing = self.args.label_smoothing_factor
         causal_lm = self._fusable_causal_lm(model) if model.training else None
         # use_cache=False: no cache is needed in training, and one would stop packed rows getting a block mask.
-        with hidden_states_out(causal_lm) if causal_lm else contextlib.nullcontext() as head:
-            outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-        if head is not None:  # outputs.logits holds the final hidden states at `keep`
-            loss = chunked_linear_cross_entropy(outputs.logits, head, targets[:, keep], smoothing, num_items_in_batch,
+        if causal_lm is not None:
+            # The head runs on no position here; the chunked loss applies it to the final hidden states itself.
+            with FinalHiddenStates(causal_lm) as final:
+                outputs = model(**inputs, logits_to_keep=keep[:0], use_cache=False)
+            loss = chunked_linear_cross_entropy(final.value[:, keep], causal_lm.get_output_embeddings(),
+                                                targets[:, keep], smoothing, num_items_in_batch,
                                                 self._mixed_precision_dtype())
         else:
+            outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
             loss = causal_lm_loss(outputs.logits, targets[:, keep], smoothing, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is already global
@@ -121,31 +123,3 @@ class SFTTrainer(Trainer):
         """Weights as the library writes them (adapter only for PEFT), plus template and recipe."""
         super()._save(output_dir, state_dict)
         write_run_files(output_dir or self.args.output_dir, self.template, self.recipe)
-
-
-class PrefixTrainer(SFTTrainer):
-    """SFTTrainer for P-Tuning v2, whose checkpoints hold only the prefix encoder."""
-
-    @override
-    def _save(self, output_dir: Optional[str] = None, state_dict=None):
-        """Write the prefix encoder alone: the base model is frozen, so saving it again would only cost disk."""
-        output_dir = output_dir or self.args.output_dir
-        self.accelerator.unwrap_model(self.model).save_prefix(output_dir)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        write_run_files(output_dir, self.template, self.recipe)
-
-    @override
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Resume: the checkpoint holds the prefix encoder alone (see ``_save``), which the Trainer cannot find."""
-        self.accelerator.unwrap_model(self.model).load_prefix(resume_from_checkpoint)
-
-    @override
-    def _load_best_model(self) -> None:
-        """``load_best_model_at_end``: the best checkpoint's prefix encoder, for the same reason."""
-        self.accelerator.unwrap_model(self.model).load_prefix(self.state.best_model_checkpoint)
-
-
-def trainer_class(method_name: str) -> type[SFTTrainer]:
-    """The trainer a method needs."""
-    return PrefixTrainer if method_name == "ptuning" else SFTTrainer

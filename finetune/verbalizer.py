@@ -16,8 +16,8 @@ from typing import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .conversation import prompt_messages
 from .data.tokenize import Encoder
-from .generate import prompt_messages
 
 __all__ = ["score_candidates", "verbalizer_accuracy"]
 

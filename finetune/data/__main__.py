@@ -64,15 +64,17 @@ def _convert(args) -> None:
 def _stats(args) -> None:
     from .tools.stats import compute_stats, format_stats, plot_histogram
 
-    recipe = None
+    recipe = model = None
     if args.recipe:
-        from ..run import load_recipe
+        from ..models import resolve_model
+        from ..recipe_file import load_recipe
 
         recipe = load_recipe(args.recipe)
+        model = resolve_model(recipe.model, recipe.data.template, check_window=False)
     fmt = args.format or (recipe.data.format if recipe else None)
     if fmt is None:
         raise DataError("stats needs --format (or a --recipe whose data.format is used)")
-    stats = compute_stats(args.input, fmt, recipe)
+    stats = compute_stats(args.input, fmt, recipe, model)
     print(format_stats(stats))
     if args.png:
         print(f"histogram -> {plot_histogram(stats, args.png)}")

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import datasets
 
+from ..paths import cache_dir
 from ..recipe import DataSpec
 from .readers import DataError, ReadResult, read_examples
 from .tokenize import ENCODER_VERSION, Encoder
@@ -25,14 +25,6 @@ from .tokenize import ENCODER_VERSION, Encoder
 __all__ = ["SFTData", "build_datasets", "cache_dir"]
 
 logger = logging.getLogger(__name__)
-
-
-def cache_dir(kind: str) -> Path:
-    """``$FINETUNE_CACHE/<kind>`` (default ``~/.cache/finetune/<kind>``)."""
-    root = Path(os.environ.get("FINETUNE_CACHE", Path.home() / ".cache" / "finetune"))
-    path = root / kind
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass

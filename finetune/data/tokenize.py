@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..conversation import plain_messages
 from ..templates import Template
 
 __all__ = ["Encoder", "IGNORE_INDEX", "auto_prefix_ids", "plain_messages"]
@@ -106,8 +107,3 @@ class Encoder:
             "dropped_turns": sum(supervised) - kept,
             "eos_labelled": self.tokenizer.eos_token_id in supervised_ids,
         }
-
-
-def plain_messages(messages: list[dict]) -> list[dict]:
-    """Messages as plain dicts: Arrow stores a key that some messages lack (Alpaca's ``input``) as None in all."""
-    return [{k: v for k, v in m.items() if v is not None} for m in messages]

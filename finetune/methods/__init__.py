@@ -1,31 +1,41 @@
 """Fine-tuning methods: each turns a loaded base model into the model the trainer optimises.
 
-A method is a function ``apply(model, spec, family) -> model`` registered under its spec's ``name``; it freezes
-what must not train and adds what should. New methods (QLoRA, P-Tuning v2) plug in with ``register_method``.
+Every method is one :class:`Method` record (spec class, ``apply``, trainer, baseline, loader, merge support) in
+one module, registered here with one line. Nothing else in the framework branches on a method's name.
 """
 from __future__ import annotations
 
-from typing import Callable
+from ..recipe import register_method_spec
+from .full import FULL
+from .lora import LORA
+from .method import Method
+from .ptuning import PTUNING
 
-from .full import apply_full
-from .lora import apply_lora
-from .ptuning import apply_ptuning
+__all__ = ["Method", "apply_method", "count_parameters", "get_method", "method_names", "register_method"]
 
-__all__ = ["apply_method", "register_method", "count_parameters"]
-
-_REGISTRY: dict[str, Callable] = {}
+_REGISTRY: dict[str, Method] = {}
 
 
-def register_method(name: str, apply: Callable) -> None:
-    if name in _REGISTRY:
-        raise ValueError(f"Method {name!r} is already registered.")
-    _REGISTRY[name] = apply
+def register_method(method: Method) -> None:
+    """Make ``method`` usable in recipes (``method=MySpec(...)``) and in saved runs' ``recipe.json``."""
+    if method.name in _REGISTRY:
+        raise ValueError(f"Method {method.name!r} is already registered.")
+    register_method_spec(method.spec)
+    _REGISTRY[method.name] = method
+
+
+def get_method(name: str) -> Method:
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown method {name!r}; known methods: {', '.join(method_names())}.")
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
 
 
 def apply_method(model, spec, family):
-    if spec.name not in _REGISTRY:
-        raise ValueError(f"Unknown method {spec.name!r}; known methods: {', '.join(sorted(_REGISTRY))}.")
-    return _REGISTRY[spec.name](model, spec, family)
+    return get_method(spec.name).apply(model, spec, family)
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -34,6 +44,5 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-register_method("lora", apply_lora)
-register_method("full", apply_full)
-register_method("ptuning", apply_ptuning)
+for _method in (LORA, FULL, PTUNING):
+    register_method(_method)

@@ -4,11 +4,13 @@ QLoRA is this same method over a base loaded in 4 bits (``model.quantization``),
 """
 from __future__ import annotations
 
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
+from ..recipe import LoraSpec
 from .fused_lora import fuse_lora_layers
+from .method import Method
 
-__all__ = ["apply_lora", "lora_config"]
+__all__ = ["apply_lora", "lora_config", "LORA"]
 
 
 def lora_config(spec, family) -> LoraConfig:
@@ -29,3 +31,14 @@ def apply_lora(model, spec, family):
     if spec.fused:
         fuse_lora_layers(model)  # quantised layers are left to peft
     return model
+
+
+def _load_adapter(model, run_dir):
+    return PeftModel.from_pretrained(model, run_dir)
+
+
+def _untrained(model):
+    return model.disable_adapter()  # LoRA's B starts at zero, so this only makes the baseline explicit
+
+
+LORA = Method(spec=LoraSpec, apply=apply_lora, load=_load_adapter, untrained=_untrained, merges=True)

@@ -13,21 +13,28 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
+try:
+    from typing import override
+except ImportError:  # Python < 3.12
+    from typing_extensions import override
+
 from ..attention import PACKED_SDPA
-from ..models.chatglm2 import chatglm2_position_ids  # real tokens from 0, whatever the family
+from ..positions import chatglm2_position_ids  # real tokens from 0, whatever the family
 from ..precision import compute_dtype
+from ..recipe import PTuningSpec
+from ..trainers import SFTTrainer, write_run_files
+from .method import Method
+from .ptuning_io import PREFIX_CONFIG, PREFIX_WEIGHTS, read_prefix, write_prefix
 
-__all__ = ["PrefixEncoder", "PrefixModel", "apply_ptuning", "load_prefix_model", "PREFIX_WEIGHTS", "PREFIX_CONFIG"]
-
-PREFIX_WEIGHTS = "prefix_encoder.safetensors"
-PREFIX_CONFIG = "prefix_config.json"
+__all__ = ["PrefixEncoder", "PrefixModel", "PrefixTrainer", "apply_ptuning", "load_prefix_model", "PTUNING",
+           "PREFIX_WEIGHTS", "PREFIX_CONFIG"]
 
 
 class PrefixEncoder(nn.Module):
@@ -184,22 +191,14 @@ class PrefixModel(nn.Module):
 
     def load_prefix(self, directory: str | Path) -> None:
         """Load the prefix encoder written by :meth:`save_prefix` into this model (a checkpoint, the best one)."""
-        from safetensors.torch import load_file
+        self.prefix_encoder.load_state_dict(read_prefix(directory)[1])
 
-        self.prefix_encoder.load_state_dict(load_file(Path(directory) / PREFIX_WEIGHTS))
-
-    def save_prefix(self, directory: str | Path) -> None:
-        """Write only the prefix encoder (safetensors) and its shape; the base model is unchanged."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.prefix_encoder.state_dict().items()}
-        save_file(state, directory / PREFIX_WEIGHTS)
+    def save_prefix(self, directory: str | Path, state: Optional[dict] = None) -> None:
+        """Write only the prefix encoder (``state``, by default this model's) and its shape."""
         # A converted ChatGLM2 is built from a state dict: its path is on the model, its config's is None.
         base = getattr(self.base_model, "name_or_path", None) or self.config._name_or_path
-        config = {**self.prefix_encoder.config, "base_model_name_or_path": str(base) if base else None}
-        (directory / PREFIX_CONFIG).write_text(json.dumps(config, indent=2))
+        write_prefix(self.prefix_encoder.state_dict() if state is None else state, self.prefix_encoder.config,
+                     directory, str(base) if base else None)
 
 
 def _pick(logits, do_sample, temperature, top_p):
@@ -229,9 +228,38 @@ def apply_ptuning(model, spec, family) -> PrefixModel:
 
 def load_prefix_model(base_model, directory: str | Path) -> PrefixModel:
     """Base model + a saved prefix (ours, or ChatGLM2's official ``pytorch_model.bin`` layout)."""
-    from .ptuning_io import read_prefix
-
     config, state = read_prefix(directory, base_model.config)
     encoder = PrefixEncoder(**config)
     encoder.load_state_dict(state)
     return PrefixModel(base_model, encoder.to(base_model.get_input_embeddings().weight.device)).eval()
+
+
+class PrefixTrainer(SFTTrainer):
+    """SFTTrainer for P-Tuning v2, whose checkpoints hold only the prefix encoder."""
+
+    @override
+    def _save(self, output_dir: Optional[str] = None, state_dict=None):
+        """Write the prefix encoder alone: the base model is frozen, so saving it again would only cost disk."""
+        output_dir = output_dir or self.args.output_dir
+        self.accelerator.unwrap_model(self.model).save_prefix(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        write_run_files(output_dir, self.template, self.recipe)
+
+    @override
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Resume: the checkpoint holds the prefix encoder alone (see ``_save``), which the Trainer cannot find."""
+        self.accelerator.unwrap_model(self.model).load_prefix(resume_from_checkpoint)
+
+    @override
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: the best checkpoint's prefix encoder, for the same reason."""
+        self.accelerator.unwrap_model(self.model).load_prefix(self.state.best_model_checkpoint)
+
+
+def _untrained(model):
+    return model.disable_prefix()  # a fresh random prefix is not a baseline: the base model is
+
+
+PTUNING = Method(spec=PTuningSpec, apply=apply_ptuning, load=load_prefix_model, trainer=PrefixTrainer,
+                 untrained=_untrained)

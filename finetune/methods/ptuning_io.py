@@ -11,11 +11,21 @@ from pathlib import Path
 
 import torch
 
-from .ptuning import PREFIX_CONFIG, PREFIX_WEIGHTS
+__all__ = ["read_prefix", "write_prefix", "export_official", "OFFICIAL_PREFIX", "PREFIX_WEIGHTS", "PREFIX_CONFIG"]
 
-__all__ = ["read_prefix", "export_official", "OFFICIAL_PREFIX"]
-
+PREFIX_WEIGHTS = "prefix_encoder.safetensors"
+PREFIX_CONFIG = "prefix_config.json"
 OFFICIAL_PREFIX = "transformer.prefix_encoder."
+
+
+def write_prefix(state: dict, config: dict, directory: str | Path, base_model: str | None) -> None:
+    """Write a prefix encoder's state (safetensors) and its shape; the base model is not written."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, directory / PREFIX_WEIGHTS)
+    (directory / PREFIX_CONFIG).write_text(json.dumps({**config, "base_model_name_or_path": base_model}, indent=2))
 
 
 def read_prefix(directory: str | Path, base_config=None) -> tuple[dict, dict]:

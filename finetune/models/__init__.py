@@ -11,8 +11,9 @@ from .loading import (
     resolve_family,
     resolve_model_path,
 )
+from .resolve import ResolvedModel, resolve_model
 
 __all__ = ["EMBEDDED_MODELS", "Family", "ModelNotFoundError", "detect_family", "embedded_model_path",
            "family_names", "get_family", "check_context_window", "load_config", "load_model", "load_tokenizer",
-           "register_family", "resolve_dtype",
+           "register_family", "resolve_dtype", "ResolvedModel", "resolve_model",
            "resolve_family", "resolve_model_path"]

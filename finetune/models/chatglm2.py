@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import GlmConfig, GlmForCausalLM
 
+from ..positions import chatglm2_position_ids  # re-exported: part of the port's API
 from .chatglm2_tokenizer import ChatGLM2Tokenizer, is_chatglm2_tokenizer_folder, load_chatglm2_tokenizer
 
 __all__ = ["CheckpointKeyError", "ChatGLM2Tokenizer", "chatglm2_position_ids", "convert_config",
@@ -239,16 +240,6 @@ def load_chatglm2(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                                  f"{info.get('error_msgs') or ''}")
     model.name_or_path = str(path)
     return model
-
-
-def chatglm2_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """ChatGLM2's positions for a left-padded batch: real tokens count from 0, pad positions are 0.
-
-    ``GlmForCausalLM`` numbers every column from 0 when no ``position_ids`` are given. Rotary attention only sees
-    relative positions, so for the plain model that shift changes nothing; it does matter once keys without
-    rotation join in, e.g. a P-Tuning v2 prefix trained with ChatGLM2's own positions.
-    """
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def save_converted(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:

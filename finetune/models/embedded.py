@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.dataset import cache_dir
+from ..paths import cache_dir
 
 __all__ = ["EMBEDDED_MODELS", "embedded_model_path", "is_embedded"]
 

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...conversation import user_text
 from ..readers import DataError, iter_records, read_examples
 
 __all__ = ["FORMATS", "ConversionError", "Example", "Loaded", "convert_file", "load", "to_record", "write_records"]
@@ -52,26 +53,16 @@ class Loaded:
 def load(path: str | Path, fmt: str, **options) -> Loaded:
     """Read ``path`` in format ``fmt``, keeping each conversation next to its original record.
 
-    The messages reader keeps only role and content, so an ``input`` key on a message is restored here; that
-    keeps messages → alpaca lossless. ``options`` go to :func:`read_examples` (adgen/text column names).
+    ``options`` go to :func:`read_examples` (adgen/text column names).
     """
     result = read_examples(path, fmt, **options)
     records = {number: (where, record) for where, number, record in iter_records(path)}
     loaded = Loaded(skipped=result.skipped)
     for number, messages in zip(result.lines, result.conversations):
         where, record = records.pop(number)
-        if fmt == "messages":
-            for message, turn in zip(messages, record["messages"]):
-                if turn.get("input"):
-                    message["input"] = turn["input"]
         loaded.examples.append(Example(where, record, messages))
     loaded.unreadable = list(records.values())
     return loaded
-
-
-def _merge_input(message: dict) -> str:
-    """The prompt with its input appended, as templates without an input slot render it."""
-    return f"{message['content']}\n\n{message['input']}" if message.get("input") else message["content"]
 
 
 def to_record(messages: list[dict], fmt: str, where: str = "", lossy: bool = False,
@@ -112,7 +103,7 @@ def to_record(messages: list[dict], fmt: str, where: str = "", lossy: bool = Fal
     for i, message in enumerate(body):
         if message.get("input") and i != last_input:
             lose("an Alpaca input as its own field (lossy merges it into the prompt)")
-    pairs = [(u["content"] if 2 * k == last_input else _merge_input(u), a["content"])
+    pairs = [(u["content"] if 2 * k == last_input else user_text(u), a["content"])
              for k, (u, a) in enumerate(zip(body[::2], body[1::2]))]
     if fmt == "adgen":
         if system is not None:
@@ -127,7 +118,7 @@ def to_record(messages: list[dict], fmt: str, where: str = "", lossy: bool = Fal
             record["history"] = [list(pair) for pair in pairs[:-1]]
         return record
     if fmt == "sharegpt":
-        turns = [{"from": "human" if m["role"] == "user" else "gpt", "value": _merge_input(m)} for m in body]
+        turns = [{"from": "human" if m["role"] == "user" else "gpt", "value": user_text(m)} for m in body]
         return {"conversations": turns, **record}
     return {"conversation": [{"human": u, "assistant": a} for u, a in pairs], **record}  # firefly
 

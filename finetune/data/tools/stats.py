@@ -31,13 +31,15 @@ def describe(values: list[int]) -> dict:
             "max": ordered[-1]}
 
 
-def compute_stats(path: str | Path, fmt: str, recipe=None) -> dict:
+def compute_stats(path: str | Path, fmt: str, recipe=None, model=None) -> dict:
     """Statistics of one data file.
 
     Args:
         path: The data file.
         fmt: Its format (any the readers take).
-        recipe: A :class:`~finetune.recipe.Recipe`; adds token lengths with its model's tokenizer and template.
+        recipe: A :class:`~finetune.recipe.Recipe`: its data options, and its max_length for the token counts.
+        model: The recipe's :class:`~finetune.models.ResolvedModel`; adds token lengths with its tokenizer and
+            template.
 
     Returns:
         A JSON-ready dict; the raw lists ``char_lengths`` and ``tokens.token_lengths`` feed the histogram.
@@ -59,21 +61,15 @@ def compute_stats(path: str | Path, fmt: str, recipe=None) -> dict:
                    "char_lengths": [a + p for a, p in zip(answers, prompts)]}
     if any("source" in ex.record for ex in loaded.examples):
         stats["sources"] = dict(Counter(str(ex.record.get("source", "(none)")) for ex in loaded.examples).most_common())
-    if recipe is not None:
-        stats["tokens"] = token_stats(conversations, recipe)
+    if recipe is not None and model is not None:
+        stats["tokens"] = token_stats(conversations, recipe, model.tokenizer, model.template)
     return stats
 
 
-def token_stats(conversations: list[list[dict]], recipe) -> dict:
+def token_stats(conversations: list[list[dict]], recipe, tokenizer, template) -> dict:
     """Token lengths as training would see them, before truncation."""
-    from ...models import load_tokenizer, resolve_family, resolve_model_path
-    from ...templates import get_template
     from ..tokenize import Encoder
 
-    path = resolve_model_path(recipe.model.path)
-    family = resolve_family(recipe.model, path)
-    tokenizer = load_tokenizer(path, family, recipe.model.trust_remote_code)
-    template = get_template(family.template if recipe.data.template == "auto" else recipe.data.template)
     encoder = Encoder(tokenizer, template, max_length=sys.maxsize)
     system = recipe.data.system
     if system is not None:

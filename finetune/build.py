@@ -1,0 +1,94 @@
+"""A run's parts, built from its recipe: the model with its method in the precision policy, the collator, the
+``TrainingArguments`` and the trainer.
+
+``finetune.train``, ``bench/`` and ``bench/gpu_check.py`` build their trainers with these functions, so a benchmark
+measures exactly what a run executes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import AutoModelForCausalLM, TrainingArguments
+
+from .collators import PaddingCollator, PaddingFreeCollator
+from .generation_eval import GenerationEval
+from .methods import apply_method, get_method
+from .models import ResolvedModel, load_config, load_model
+from .precision import resolve_dtype, upcast_trainable, weights_dtype
+from .recipe import ModelSpec, Recipe, TrainingSpec, resolved_batching
+from .tracking import tokens_seen_mode, training_report_to
+
+__all__ = ["build_trainer", "make_collator", "method_model", "skeleton", "training_arguments"]
+
+
+def method_model(path: Path, family, model_spec: ModelSpec, method_spec):
+    """The base model loaded in the dtype the method trains it in, with the method applied and its trainable
+    parameters in fp32 (finetune/precision.py)."""
+    dtype = weights_dtype(model_spec.dtype, method_spec.trains_base)
+    return upcast_trainable(apply_method(load_model(path, family, model_spec, dtype=dtype), method_spec, family))
+
+
+def skeleton(path: Path, family, model_spec: ModelSpec, method_spec):
+    """The model's architecture with the method applied, on the meta device: parameter counts without reading any
+    weights (``--dry-run``)."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(load_config(path, family, model_spec))
+    return apply_method(model, method_spec, family)
+
+
+def make_collator(batching: str, tokenizer, attn_implementation: str = "auto"):
+    """The collator for a resolved ``data.batching``; padding rounds to 8 only on GPUs (tensor cores); packed rows
+    carry flash-attention's varlen arguments when that kernel runs."""
+    if batching == "padding_free":
+        return PaddingFreeCollator(flash_attn_kwargs=attn_implementation.startswith("flash_attention"))
+    return PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+
+
+def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "padded",
+                       compute: torch.dtype = torch.float32) -> TrainingArguments:
+    """``TrainingArguments`` from the recipe, with defaults that suit this framework.
+
+    bf16 mixed precision when the compute dtype is bf16 (``model.dtype``, finetune/precision.py) unless
+    ``training.bf16`` says otherwise; the GPU when there is one; loss-only evaluation (full-vocabulary eval logits
+    are never gathered); columns kept because the collator picks what it needs.
+    """
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in ("extra", "output_dir")}
+    fields["bf16"] = compute == torch.bfloat16 if spec.bf16 is None else spec.bf16
+    defaults = {
+        "use_cpu": not torch.cuda.is_available(), "prediction_loss_only": True,
+        "remove_unused_columns": False, "label_names": ["labels"], "disable_tqdm": False,
+        "activation_checkpointing_kwargs": {"use_reentrant": False} if spec.activation_checkpointing else None,
+        "length_column_name": "num_tokens", "include_num_input_tokens_seen": tokens_seen_mode(batching),
+    }
+    if batching == "group_by_length":
+        defaults["train_sampling_strategy"] = "group_by_length"
+    accepted = {f.name for f in dataclasses.fields(TrainingArguments)}
+    kwargs = {k: v for k, v in {**defaults, **fields, **spec.extra}.items() if k in accepted}
+    kwargs["report_to"] = training_report_to(spec.report_to)  # W&B and TensorBoard come as tracking callbacks
+    return TrainingArguments(output_dir=str(output_dir), **kwargs)
+
+
+def build_trainer(recipe: Recipe, resolved: ResolvedModel, model, data, output_dir: Path, callbacks: list):
+    """The method's trainer over ``data`` (an ``SFTData``), with generation metrics at each evaluation when
+    ``eval.generate`` asks for them."""
+    batching = resolved_batching(recipe)
+    return get_method(recipe.method.name).trainer(
+        model=model, args=training_arguments(recipe.training, output_dir, batching, resolve_dtype(recipe.model.dtype)),
+        train_dataset=data.train, eval_dataset=data.eval,
+        data_collator=make_collator(batching, resolved.tokenizer, recipe.model.attn_implementation),
+        processing_class=resolved.tokenizer, template=resolved.template, recipe=recipe, callbacks=callbacks,
+        generation_eval=_generation_eval(recipe, data.eval, output_dir))
+
+
+def _generation_eval(recipe: Recipe, eval_data, output_dir: Path) -> Optional[GenerationEval]:
+    """Scored generations at every evaluation when ``eval.generate`` asks for them and there is held-out data."""
+    if not recipe.eval.generate or eval_data is None:
+        return None
+    spec = recipe.eval
+    limit = min(spec.generate_limit or len(eval_data), len(eval_data))
+    sampling = {"do_sample": True, "top_p": spec.top_p, "temperature": spec.temperature} if spec.do_sample else {}
+    return GenerationEval(list(eval_data.select(range(limit))["messages"]), spec.max_new_tokens,
+                          recipe.training.per_device_eval_batch_size, generate_kwargs=sampling, output_dir=output_dir)

@@ -1,0 +1,51 @@
+"""A recipe's model, resolved once: folder -> family -> tokenizer -> template.
+
+Training, inference and ``finetune.data stats`` all start here, so a recipe means the same model, tokenizer
+(pad token fixed, remote code only when allowed) and template wherever it is read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ..recipe import ModelSpec
+from ..templates import get_template
+from .family import Family
+from .loading import check_context_window, load_config, load_tokenizer, resolve_family, resolve_model_path
+
+__all__ = ["ResolvedModel", "resolve_model"]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a recipe's ``model`` section (and ``data.template``) stand for on this machine."""
+
+    path: Path
+    """The base model's folder."""
+    family: Family
+    tokenizer: Any
+    template: Any
+    """A ``Template`` or ``TokenizerTemplate``."""
+
+
+def resolve_model(spec: ModelSpec, template: Any = "auto", tokenizer_from: Optional[Path] = None,
+                  check_window: bool = True) -> ResolvedModel:
+    """Resolve ``spec``; for training, check its context window before anything is tokenized.
+
+    Args:
+        template: a template name (``auto``: the family's default) or the template itself (a run's own).
+        tokenizer_from: where the tokenizer lives when not beside the base model (a run folder).
+        check_window: refuse a ``max_length`` (and RoPE scaling) the model cannot train on.
+
+    Raises:
+        ModelNotFoundError: the model is not on this machine (the message says how to get it).
+    """
+    path = resolve_model_path(spec.path)
+    family = resolve_family(spec, path)
+    if check_window:
+        check_context_window(load_config(path, family, spec), spec)
+    tokenizer = load_tokenizer(tokenizer_from or path, family, spec.trust_remote_code)
+    if isinstance(template, str):
+        template = get_template(family.template if template == "auto" else template)
+    return ResolvedModel(path, family, tokenizer, template)
