@@ -1,7 +1,11 @@
 """Shared fixtures: the real SmolLM2 tokenizer and tiny random models saved as real model folders."""
 from __future__ import annotations
 
+import atexit
 import copy
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,18 @@ from finetune.models import embedded_model_path
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: trains the real SmolLM2-135M model (make test-slow)")
+    _isolate_cache()
+
+
+def _isolate_cache() -> None:
+    """Give this test session (and the processes it starts) a tokenized-data cache of its own, so no test reads
+    what another session or a user's run left there; converted models are shared (read-only once converted)."""
+    shared = Path(os.environ.get("FINETUNE_CACHE", Path.home() / ".cache" / "finetune"))
+    (shared / "models").mkdir(parents=True, exist_ok=True)
+    session = Path(tempfile.mkdtemp(prefix="finetune-test-cache-"))
+    (session / "models").symlink_to(shared / "models", target_is_directory=True)
+    os.environ["FINETUNE_CACHE"] = str(session)
+    atexit.register(shutil.rmtree, session, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

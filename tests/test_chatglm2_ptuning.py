@@ -231,10 +231,10 @@ def test_train_chatglm2_ptuning_on_adgen_sample(checkpoint, tmp_path, monkeypatc
         eval=EvalSpec(samples=2, max_new_tokens=4, generate=True))
     result = train(recipe)
     run = result.output_dir
-    assert sorted(p.name for p in run.iterdir()) == [
-        "added_tokens.json", "audit.json", "generations", "logs.jsonl", "plots", "prefix_config.json",
-        "prefix_encoder.safetensors", "recipe.json", "report.html", "samples.json", "template.json", "tokenizer.model",
-        "tokenizer_config.json"]
+    files = {p.name for p in run.iterdir()}
+    assert {"generations", "prefix_config.json", "prefix_encoder.safetensors", "recipe.json", "template.json",
+            "tokenizer.model", "tokenizer_config.json", "samples.json"} <= files  # ChatGLM2's own tokenizer files
+    assert not {"model.safetensors", "pytorch_model.bin"} & files
     # ADGEN's scores (jieba ROUGE + character BLEU-4) at every evaluation: before, at steps 4 and 8 (the last).
     evals = [e for e in map(json.loads, (run / "logs.jsonl").read_text().splitlines()) if "eval_loss" in e]
     assert [e["step"] for e in evals] == [0, 4, 8]

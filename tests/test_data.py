@@ -1,4 +1,6 @@
 """Readers, loss masks (stanford_alpaca and Firefly rules), truncation and the label audit on the real tokenizer."""
+import copy
+
 import pytest
 from helpers import write_jsonl
 
@@ -140,7 +142,13 @@ def test_label_audit_counts_and_shows_the_mask(tokenizer, alpaca_file):
     assert audit.examples == 32 and audit.eos_labelled == 32 and audit.truncated == 0
     assert audit.supervised == sum(sum(t != IGNORE_INDEX for t in row) for row in dataset["labels"])
     assert 0 < audit.supervised_fraction < 1
-    assert not audit.pad_is_eos or "pad token == EOS" in audit.format()
+    shown_note = "pad token == EOS"
+    equal, distinct = copy.deepcopy(tokenizer), copy.deepcopy(tokenizer)
+    equal.pad_token, distinct.pad_token = equal.eos_token, "<|endoftext|>"
+    assert equal.eos_token != "<|endoftext|>"
+    flagged, clean = LabelAudit.of(dataset, equal), LabelAudit.of(dataset, distinct)
+    assert flagged.pad_is_eos and shown_note in flagged.format()
+    assert not clean.pad_is_eos and shown_note not in clean.format()
     shown = show_example(dataset[0]["input_ids"], dataset[0]["labels"], tokenizer)
     assert shown.endswith(f"[[{conversations[0][1]['content']}<|im_end|>]]")
 

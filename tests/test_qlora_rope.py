@@ -75,7 +75,9 @@ def test_rope_scaling_runs_past_the_native_window_and_is_saved(kind, tiny_llama,
     import json
 
     from helpers import write_jsonl
+    from peft import PeftModel
 
+    from finetune.inference import load_run
     from finetune.models import get_family, load_model
 
     long_text = " ".join(f"word{i}" for i in range(700))  # ~1,400 tokens: past the 512-token window
@@ -87,10 +89,19 @@ def test_rope_scaling_runs_past_the_native_window_and_is_saved(kind, tiny_llama,
     result = train(run)
     saved = json.loads((result.output_dir / "recipe.json").read_text())["model"]
     assert saved["rope_scaling"] == kind and saved["rope_factor"] == 4.0
-    model = load_model(tiny_llama, get_family("llama"), run.model)
-    assert model.config.rope_parameters["rope_type"] == kind and model.config.rope_parameters["factor"] == 4.0
+    reloaded = load_run(result.output_dir).model  # scaling re-applied from the saved recipe.json alone
+    assert reloaded.config.rope_parameters["rope_type"] == kind and reloaded.config.rope_parameters["factor"] == 4.0
+    native = dataclasses.replace(run.model, rope_scaling=None, max_length=512)
+    unscaled = load_model(tiny_llama, get_family("llama"), native)
+    unscaled = PeftModel.from_pretrained(unscaled, result.output_dir).eval()
     ids = torch.randint(0, 1000, (1, 1500))
-    assert torch.isfinite(model(ids).logits).all()
+    with torch.no_grad():
+        expected, actual = result.model.eval()(ids).logits, reloaded(ids).logits
+        plain = unscaled(ids).logits
+    assert reloaded.config.rope_parameters == result.model.config.rope_parameters
+    if kind == "linear":  # dynamic NTK keeps per-length state in its rotary module; linear is a pure function
+        assert torch.equal(actual, expected)  # the reloaded run is the model that trained past the window
+    assert (actual - plain).abs().max() > 1e-3  # the scaling is in it (a random model barely uses positions)
 
 
 @pytest.mark.parametrize("evaluated_first", [False, True])

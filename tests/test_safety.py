@@ -31,5 +31,27 @@ def test_pickle_weights_are_refused_unless_allowed(pickle_model, alpaca_file, tm
     assert train(allowed).output_dir.exists()
 
 
-def test_remote_code_is_off_by_default():
-    assert ModelSpec().trust_remote_code is False and ModelSpec().allow_pickle is False
+@pytest.mark.parametrize("trust", [None, True])
+def test_remote_code_reaches_from_pretrained_only_when_the_recipe_allows_it(trust, tiny_llama, monkeypatch):
+    """What transformers receives, for the model and the tokenizer: ``trust_remote_code=False`` unless the recipe
+    sets ``model.trust_remote_code=true``; and only safetensors unless ``model.allow_pickle``."""
+    from transformers import AutoTokenizer
+
+    from finetune.models import get_family, load_model, load_tokenizer
+
+    seen = {}
+
+    def spy(name, original):
+        def wrapped(*args, **kwargs):
+            seen[name] = kwargs
+            return original(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy("model", AutoModelForCausalLM.from_pretrained))
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", spy("tokenizer", AutoTokenizer.from_pretrained))
+    spec = ModelSpec(path=str(tiny_llama)) if trust is None else ModelSpec(path=str(tiny_llama), trust_remote_code=True)
+    load_model(tiny_llama, get_family("llama"), spec)
+    load_tokenizer(tiny_llama, get_family("llama"), spec.trust_remote_code)
+    expected = trust is True
+    assert seen["model"]["trust_remote_code"] is expected and seen["tokenizer"]["trust_remote_code"] is expected
+    assert seen["model"]["use_safetensors"] is True

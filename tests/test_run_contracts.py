@@ -1,0 +1,152 @@
+"""Behaviour users rely on that had no test: the all-masked error, cache invalidation, the pad-token fix, ``auto``
+family and template, ``--resume PATH``, exit code 130 and the second signal, and registering templates/families."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import write_jsonl
+
+from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
+from finetune.checkpoints import COMPLETE, GracefulStop
+from finetune.data import build_datasets
+from finetune.models import Family, get_family, load_tokenizer, register_family, resolve_model
+from finetune.templates import Template, get_template, register_template
+from finetune.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recipe(model_path, train_file, out, **training):
+    return Recipe(
+        name="tiny", model=ModelSpec(path=str(model_path), max_length=96),
+        data=DataSpec(train=str(train_file), format="alpaca", template="chatml"),
+        method=LoraSpec(r=4, alpha=8, dropout=0.0),
+        training=TrainingSpec(**{"output_dir": str(out), "max_steps": 4, "per_device_train_batch_size": 4,
+                                 "learning_rate": 1e-2, "logging_steps": 1, **training}),
+        eval=EvalSpec(samples=0))
+
+
+def test_every_example_masked_stops_with_what_to_do(tokenizer, tmp_path):
+    prompts = write_jsonl(tmp_path / "long.jsonl", [{"instruction": "word " * 200, "output": "yes"}] * 3)
+    spec = DataSpec(train=str(prompts), template="chatml", overlong="truncate")
+    with pytest.raises(ValueError, match=r"every example has all labels masked .*raise max_length"):
+        build_datasets(spec, tokenizer, get_template("chatml"), max_length=32)
+
+
+def test_the_tokenized_cache_is_used_until_an_input_changes(tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "Say hi", "output": "hi"}] * 4)
+    spec, chatml = DataSpec(train=str(path), template="chatml"), get_template("chatml")
+    assert not build_datasets(spec, tokenizer, chatml, 64).cache_hit
+    assert build_datasets(spec, tokenizer, chatml, 64).cache_hit
+    write_jsonl(path, [{"instruction": "Say ho", "output": "ho"}] * 4)  # same size, other content
+    changed = build_datasets(spec, tokenizer, chatml, 64)
+    assert not changed.cache_hit and "ho" in tokenizer.decode(changed.train[0]["input_ids"])
+    assert not build_datasets(spec, tokenizer, get_template("alpaca"), 64).cache_hit  # another template
+    assert not build_datasets(spec, tokenizer, chatml, 48).cache_hit  # another max_length
+
+
+def test_a_pad_token_equal_to_eos_is_replaced_by_a_distinct_one(tokenizer, tmp_path):
+    folder = tmp_path / "tok"
+    padded_with_eos = copy.deepcopy(tokenizer)
+    padded_with_eos.pad_token = padded_with_eos.eos_token
+    padded_with_eos.save_pretrained(folder)
+    fixed = load_tokenizer(folder, get_family("llama"))
+    assert fixed.pad_token_id != fixed.eos_token_id and fixed.pad_token in get_family("llama").pad_candidates
+    with pytest.raises(ValueError, match="no pad token distinct from EOS"):
+        load_tokenizer(folder, dataclasses.replace(get_family("llama"), pad_candidates=("<no such token>",)))
+
+
+def test_auto_family_and_template_come_from_the_checkpoint(tiny_llama, tiny_opt):
+    llama, opt = resolve_model(ModelSpec(path=str(tiny_llama))), resolve_model(ModelSpec(path=str(tiny_opt)))
+    assert (llama.family.name, llama.template.name) == ("llama", "llama2")
+    assert (opt.family.name, opt.template.name) == ("opt", "alpaca")
+    forced = resolve_model(ModelSpec(path=str(tiny_opt), family="llama"), "chatml")
+    assert (forced.family.name, forced.template.name) == ("llama", "chatml")
+
+
+def test_resume_from_a_named_checkpoint_continues_in_its_run_folder(tiny_llama, alpaca_file, tmp_path):
+    from safetensors.torch import load_file
+
+    full = train(recipe(tiny_llama, alpaca_file, tmp_path / "run", save_strategy="steps", save_steps=2,
+                        save_total_limit=None))
+    adapter = load_file(full.output_dir / "adapter_model.safetensors")
+    (full.output_dir / "adapter_model.safetensors").unlink()
+    resumed = train(recipe(tiny_llama, alpaca_file, tmp_path / "elsewhere", save_strategy="steps", save_steps=2,
+                           save_total_limit=None), resume=str(full.output_dir / "checkpoint-2"))
+    assert resumed.output_dir == full.output_dir  # the checkpoint's run, not training.output_dir
+    again = load_file(full.output_dir / "adapter_model.safetensors")
+    for name, value in adapter.items():
+        assert torch.allclose(value, again[name], atol=1e-6), name
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        train(recipe(tiny_llama, alpaca_file, tmp_path / "run"), resume=str(tmp_path / "run"))
+
+
+def test_a_second_signal_aborts_at_once():
+    stop = GracefulStop()
+    stop._handle(signal.SIGTERM, None)
+    assert stop.received == "SIGTERM"
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)
+
+
+def _start_run(tiny_llama, alpaca_file, tmp_path):
+    """``python -m finetune.run`` on a long run, returned once it has logged a training step."""
+    recipe_file = tmp_path / "long.py"
+    recipe_file.write_text(
+        "from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec\n"
+        f"recipe = Recipe(name='long', model=ModelSpec(path={str(tiny_llama)!r}, max_length=96),\n"
+        f"    data=DataSpec(train={str(alpaca_file)!r}, template='chatml'), method=LoraSpec(r=4),\n"
+        f"    training=TrainingSpec(output_dir={str(tmp_path / 'run')!r}, max_steps=100000, logging_steps=1,\n"
+        "                          per_device_train_batch_size=1), eval=EvalSpec(samples=0))\n")
+    process = subprocess.Popen([sys.executable, "-m", "finetune.run", str(recipe_file)], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    logs, deadline = tmp_path / "run" / "logs.jsonl", time.monotonic() + 240
+    while not (logs.exists() and logs.read_text().count("\n") >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    return process
+
+
+def test_sigterm_exits_130_with_a_checkpoint_and_the_resume_command(tiny_llama, alpaca_file, tmp_path):
+    process = _start_run(tiny_llama, alpaca_file, tmp_path)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in out + err
+    assert any((c / COMPLETE).exists() for c in (tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_a_second_sigterm_exits_130_at_once_without_a_traceback(tiny_llama, alpaca_file, tmp_path):
+    process = _start_run(tiny_llama, alpaca_file, tmp_path)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.1)  # two signals sent back to back may be delivered as one
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "aborted" in err
+
+
+def test_registered_template_and_family_are_used_by_name(tiny_llama, alpaca_file, tmp_path):
+    register_template(Template(name="qa_test", user="Q: {content}\nA: ", assistant="{content}{eos}"))
+    register_family(dataclasses.replace(get_family("llama"), name="llama_test", model_types=("llama_test",),
+                                        template="qa_test"))
+    with pytest.raises(ValueError, match="already registered"):
+        register_template(Template(name="qa_test"))
+    run = recipe(tiny_llama, alpaca_file, tmp_path / "run")
+    run = dataclasses.replace(run, model=dataclasses.replace(run.model, family="llama_test"),
+                              data=dataclasses.replace(run.data, template="auto"))
+    result = train(run)
+    import json
+
+    assert json.loads((result.output_dir / "template.json").read_text())["name"] == "qa_test"
+    assert isinstance(get_family("llama_test"), Family)
