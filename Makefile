@@ -7,9 +7,14 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || e
 RECIPE ?= recipes/smollm2_lora.py
 
 NPROC ?= 2
+NNODES ?= 1
+NODE_RANK ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
+ACCELERATE_CONFIG ?=
 PORT ?= 6006
 
-.PHONY: install demo demo-ptuning demo-qlora train train-ddp dashboard report bench gpu-check gpu-wheels test test-slow quality style clean
+.PHONY: install demo demo-ptuning demo-qlora train train-ddp train-accelerate dashboard report bench gpu-check gpu-wheels test test-slow quality style clean
 
 install: $(VENV)/.installed
 
@@ -34,8 +39,14 @@ demo-qlora: install  ## LoRA over the 4-bit NF4 SmolLM2
 train: install  ## any recipe: make train RECIPE=recipes/opt_lora.py ARGS="training.learning_rate=1e-4"
 	$(PY) -m finetune.run $(RECIPE) $(ARGS)
 
-train-ddp: install  ## data-parallel on NPROC processes (GPUs, or gloo on CPU): make train-ddp RECIPE=... NPROC=4
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m finetune.run $(RECIPE) $(ARGS)
+train-ddp: install  ## NPROC processes per node (GPUs, or gloo on CPU); several nodes with NNODES, NODE_RANK, MASTER_ADDR
+	$(VENV)/bin/torchrun $(if $(filter 1,$(NNODES)),--standalone,--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
+	    --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT)) --nproc_per_node=$(NPROC) \
+	    -m finetune.run $(RECIPE) $(ARGS)
+
+train-accelerate: install  ## the same through accelerate: make train-accelerate ACCELERATE_CONFIG=my_config.yaml
+	$(VENV)/bin/accelerate launch $(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG)) \
+	    -m finetune.run $(RECIPE) $(ARGS)
 
 dashboard: install  ## TensorBoard over every run in runs/ (training.report_to=tensorboard or all), localhost only
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1 --port $(PORT)

@@ -231,7 +231,8 @@ def check_kernels(device: str, llama: Path, tokenizer) -> dict:
     def step(dtype, batch, attention):
         model = AutoModelForCausalLM.from_pretrained(llama, dtype=dtype, attn_implementation=attention).to(device)
         trainer = SFTTrainer(model=model.train(), args=training_arguments(TrainingSpec(), tempfile.mkdtemp()))
-        loss = trainer.compute_loss(model, {k: v.to(device) for k, v in batches[batch].items()})
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batches[batch].items()}
+        loss = trainer.compute_loss(model, inputs)
         loss.backward()
         return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 

@@ -7,6 +7,7 @@ measures exactly what a run executes.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +22,7 @@ from .precision import resolve_dtype, upcast_trainable, weights_dtype
 from .recipe import ModelSpec, Recipe, TrainingSpec, resolved_batching
 from .tracking import tokens_seen_mode, training_report_to
 
-__all__ = ["build_trainer", "make_collator", "method_model", "skeleton", "training_arguments"]
+__all__ = ["build_trainer", "make_collator", "method_model", "run_arguments", "skeleton", "training_arguments"]
 
 
 def method_model(path: Path, family, model_spec: ModelSpec, method_spec):
@@ -62,6 +63,10 @@ def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "pa
         "remove_unused_columns": False, "label_names": ["labels"], "disable_tqdm": False,
         "activation_checkpointing_kwargs": {"use_reentrant": False} if spec.activation_checkpointing else None,
         "length_column_name": "num_tokens", "include_num_input_tokens_seen": tokens_seen_mode(batching),
+        # Every trainable parameter gets a gradient in every step (frozen ones are not DDP's concern), and the
+        # chunked loss uses the LM head after the forward: searching the graph for unused parameters would mark
+        # an untied head "unused" in the forward and then see its gradient arrive ("marked ready twice").
+        "ddp_find_unused_parameters": False,
     }
     if batching == "group_by_length":
         defaults["train_sampling_strategy"] = "group_by_length"
@@ -71,14 +76,31 @@ def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "pa
     return TrainingArguments(output_dir=str(output_dir), **kwargs)
 
 
-def build_trainer(recipe: Recipe, resolved: ResolvedModel, model, data, output_dir: Path, callbacks: list):
+def run_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
+    """The run's ``TrainingArguments``, made before the model is loaded (and kept by the caller): DeepSpeed ZeRO-3's
+    ``zero.Init`` and FSDP's low-memory loading apply in ``from_pretrained`` only when they already exist."""
+    extra = recipe.training.extra
+    if extra.get("fsdp"):
+        # transformers' is_fsdp_enabled() reads these; only `accelerate launch` sets them, and torchrun does not.
+        os.environ.setdefault("ACCELERATE_USE_FSDP", "true")
+        os.environ.setdefault("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    if extra.get("deepspeed") and not torch.cuda.is_available() and torch.distributed.is_available():
+        # Without a GPU, TrainingArguments takes its CPU branch and accelerate never starts DeepSpeed's
+        # communication (accelerate/state.py: `if not cpu`), so ZeRO-3's zero.Init would size the job as one
+        # process. Starting it here (gloo) first is what DeepSpeed's CPU accelerator needs.
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    return training_arguments(recipe.training, output_dir, resolved_batching(recipe), resolve_dtype(recipe.model.dtype))
+
+
+def build_trainer(recipe: Recipe, resolved: ResolvedModel, model, data, args: TrainingArguments, callbacks: list):
     """The method's trainer over ``data`` (an ``SFTData``), with generation metrics at each evaluation when
     ``eval.generate`` asks for them."""
-    batching = resolved_batching(recipe)
+    output_dir = Path(args.output_dir)
     return get_method(recipe.method.name).trainer(
-        model=model, args=training_arguments(recipe.training, output_dir, batching, resolve_dtype(recipe.model.dtype)),
-        train_dataset=data.train, eval_dataset=data.eval,
-        data_collator=make_collator(batching, resolved.tokenizer, recipe.model.attn_implementation),
+        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
+        data_collator=make_collator(resolved_batching(recipe), resolved.tokenizer, recipe.model.attn_implementation),
         processing_class=resolved.tokenizer, template=resolved.template, recipe=recipe, callbacks=callbacks,
         generation_eval=_generation_eval(recipe, data.eval, output_dir))
 

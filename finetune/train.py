@@ -13,7 +13,7 @@ from typing import Optional
 
 from transformers import set_seed
 
-from .build import build_trainer, make_collator, method_model, skeleton, training_arguments
+from .build import build_trainer, make_collator, method_model, run_arguments, skeleton, training_arguments
 from .checkpoints import GracefulStop, MarkComplete, run_folder, write_best
 from .data import LabelAudit, build_datasets, show_example
 from .evaluate import BeforeAfter
@@ -68,14 +68,16 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
                     audit.examples, audit.tokens, f"{trainable:,}", f"{total:,}", 100 * trainable / total)
         return RunResult(None)
 
+    output_dir, checkpoint = run_folder(recipe.name, recipe.training.output_dir, resume)
+    args = run_arguments(recipe, output_dir)  # before the model: ZeRO-3 and FSDP load it sharded then
     model = method_model(resolved.path, resolved.family, recipe.model, recipe.method)
     trainable, total = count_parameters(model)
     logger.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    output_dir, checkpoint = run_folder(recipe.name, recipe.training.output_dir, resume)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2))
     stop, tracking = GracefulStop(), tracking_callbacks(recipe, audit, output_dir)
-    trainer = build_trainer(recipe, resolved, model, data, output_dir, [stop, MarkComplete(), *tracking])
+    trainer = build_trainer(recipe, resolved, model, data, args, [stop, MarkComplete(), *tracking])
+    if trainer.is_world_process_zero():  # every file of the run folder is written by one process
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2))
     held_out = None
     if data.eval is not None:
         held_out = BeforeAfter(trainer, data.eval, recipe.eval, get_method(recipe.method.name).untrained)
@@ -83,7 +85,7 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
 
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stop.received:
-        _finish(tracking, output_dir)
+        _finish(trainer, tracking, output_dir)
         logger.warning("Stopped by %s at step %d; checkpoint saved in %s. Resume with:\n  python -m finetune.run "
                        "RECIPE training.output_dir=%s --resume", stop.received, trainer.state.global_step,
                        output_dir, output_dir)
@@ -97,14 +99,15 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
         result.samples = compared["samples"]
     # Without accelerate's mixed-precision forward wrapper: the model as a user would load it from the run folder.
     result.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    _finish(tracking, output_dir)  # last, so the after-training eval reaches the trackers
+    _finish(trainer, tracking, output_dir)  # last, so the after-training eval reaches the trackers
     logger.info("Saved to %s (report: %s)", output_dir, output_dir / "report.html")
     return result
 
 
-def _finish(tracking: list, output_dir: Path) -> None:
+def _finish(trainer, tracking: list, output_dir: Path) -> None:
     """Close the trackers and write ``report.html`` (matplotlib loads only when a run ends)."""
-    from .report import write_report
-
     finish_tracking(tracking)
-    write_report(output_dir)
+    if trainer.is_world_process_zero():
+        from .report import write_report
+
+        write_report(output_dir)

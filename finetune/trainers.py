@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +19,8 @@ from .loss import FinalHiddenStates, causal_lm_loss, chunked_linear_cross_entrop
 from .recipe import recipe_to_dict
 
 __all__ = ["SFTTrainer", "write_run_files"]
+
+logger = logging.getLogger(__name__)
 
 
 def write_run_files(output_dir: str | Path, template, recipe) -> None:
@@ -44,6 +47,10 @@ class SFTTrainer(Trainer):
     def __init__(self, *args, template=None, recipe=None, generation_eval=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.template, self.recipe, self.generation_eval = template, recipe, generation_eval
+        if self.args.fsdp and not self.is_fsdp_enabled:
+            logger.warning("training.fsdp is set, but accelerate did not enable FSDP (it never does on CPU: "
+                           "accelerate/state.py sets DistributedType.FSDP only for GPU-like devices); this run is "
+                           "plain data-parallel, each process holding the whole model.")
         # Make the Trainer count shifted supervised tokens over the accumulated batch for every model class
         # (it otherwise decides from the model's forward signature and loss_type).
         self.model_accepts_loss_kwargs = True
@@ -120,6 +127,11 @@ class SFTTrainer(Trainer):
 
     @override
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
-        """Weights as the library writes them (adapter only for PEFT), plus template and recipe."""
+        """Weights as the library writes them (adapter only for PEFT), plus template and recipe.
+
+        transformers calls this in every process (under FSDP/DeepSpeed after gathering the weights); the files
+        are written by the one that ``should_save``.
+        """
         super()._save(output_dir, state_dict)
-        write_run_files(output_dir or self.args.output_dir, self.template, self.recipe)
+        if self.args.should_save:
+            write_run_files(output_dir or self.args.output_dir, self.template, self.recipe)

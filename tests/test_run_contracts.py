@@ -90,12 +90,34 @@ def test_resume_from_a_named_checkpoint_continues_in_its_run_folder(tiny_llama, 
         train(recipe(tiny_llama, alpaca_file, tmp_path / "run"), resume=str(tmp_path / "run"))
 
 
-def test_a_second_signal_aborts_at_once():
+def test_a_second_signal_aborts_unless_it_is_the_same_one_delivered_twice(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     stop = GracefulStop()
     stop._handle(signal.SIGTERM, None)
     assert stop.received == "SIGTERM"
+    clock[0] += 0.01  # torchrun forwarding the signal its process group also got
+    stop._handle(signal.SIGTERM, None)
+    clock[0] += 1.5
     with pytest.raises(KeyboardInterrupt):
         stop._handle(signal.SIGINT, None)
+
+
+def test_an_abort_exits_130_with_one_line(monkeypatch, capsys, tmp_path):
+    """What ``python -m finetune.run`` does when the second signal interrupts training."""
+    import finetune.train
+    from finetune import run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune.train, "train", interrupted)
+    recipe_file = tmp_path / "r.py"
+    recipe_file.write_text("from finetune import DataSpec, Recipe\n"
+                           "recipe = Recipe(name='r', data=DataSpec(train='x'))\n")
+    assert run.main([str(recipe_file)]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "aborted by a second signal" in err
 
 
 def _start_run(tiny_llama, alpaca_file, tmp_path):
@@ -126,22 +148,12 @@ def test_sigterm_exits_130_with_a_checkpoint_and_the_resume_command(tiny_llama, 
     assert any((c / COMPLETE).exists() for c in (tmp_path / "run").glob("checkpoint-*"))
 
 
-def test_a_second_sigterm_exits_130_at_once_without_a_traceback(tiny_llama, alpaca_file, tmp_path):
-    process = _start_run(tiny_llama, alpaca_file, tmp_path)
-    process.send_signal(signal.SIGTERM)
-    time.sleep(0.1)  # two signals sent back to back may be delivered as one
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=240)
-    assert process.returncode == 130, err
-    assert "Traceback" not in err and "aborted" in err
-
-
 def test_registered_template_and_family_are_used_by_name(tiny_llama, alpaca_file, tmp_path):
     register_template(Template(name="qa_test", user="Q: {content}\nA: ", assistant="{content}{eos}"))
     register_family(dataclasses.replace(get_family("llama"), name="llama_test", model_types=("llama_test",),
                                         template="qa_test"))
     with pytest.raises(ValueError, match="already registered"):
-        register_template(Template(name="qa_test"))
+        register_template(Template(name="qa_test", user="{content}"))
     run = recipe(tiny_llama, alpaca_file, tmp_path / "run")
     run = dataclasses.replace(run, model=dataclasses.replace(run.model, family="llama_test"),
                               data=dataclasses.replace(run.data, template="auto"))

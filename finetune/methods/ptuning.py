@@ -110,6 +110,11 @@ class PrefixModel(nn.Module):
                 module._can_checkpoint_with_cache = True  # our prefix cache is only read, so replay is exact
 
     @property
+    def _no_split_modules(self):
+        """The base model's blocks: FSDP's auto-wrap policy shards those (the prefix encoder stays whole)."""
+        return self.base_model._no_split_modules
+
+    @property
     def pre_seq_len(self) -> int:
         return self.prefix_encoder.config["pre_seq_len"]
 
@@ -239,9 +244,18 @@ class PrefixTrainer(SFTTrainer):
 
     @override
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
-        """Write the prefix encoder alone: the base model is frozen, so saving it again would only cost disk."""
+        """Write the prefix encoder alone: the base model is frozen, so saving it again would only cost disk.
+
+        Under FSDP and DeepSpeed the Trainer gathers the whole model's ``state_dict`` and passes it in; the prefix
+        is taken from it, since this process's own parameters may be only a shard (empty under ZeRO-3).
+        """
+        if not self.args.should_save:  # transformers calls this in every process
+            return
         output_dir = output_dir or self.args.output_dir
-        self.accelerator.unwrap_model(self.model).save_prefix(output_dir)
+        prefix = None
+        if state_dict is not None:
+            prefix = {k.split("prefix_encoder.", 1)[1]: v for k, v in state_dict.items() if "prefix_encoder." in k}
+        self.accelerator.unwrap_model(self.model).save_prefix(output_dir, prefix)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         write_run_files(output_dir, self.template, self.recipe)
