@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"type of the weight matrices: {', '.join(QUANT_TYPES)} (default f16)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # Reading a recipe imports peft, whose bitsandbytes import warns about an optional CPU kernel: noise here.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from .pipeline import export_run
 
     try:

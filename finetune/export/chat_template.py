@@ -82,9 +82,9 @@ def jinja_chat_template(fmt: PromptFormat, tokenizer_template: Optional[str] = N
         else "",
         f"{{{{ {user} }}}}",
         "{%- elif message['role'] == 'assistant' -%}{%- set ns.answers = ns.answers + 1 -%}",
-        f"{{%- set eos = {_quote(fmt.eos)}{last_eos} -%}}",
+        f"{{%- set answer_eos = {_quote(fmt.eos)}{last_eos} -%}}",
         f"{{%- set content = {content} -%}}",
-        f"{{{{ {_expression(template.assistant, jinja.field)} }}}}",
+        f"{{{{ {_expression(template.assistant, jinja.answer_field)} }}}}",
         "{%- endif -%}{%- endfor -%}",
     ])
 
@@ -148,10 +148,14 @@ class _JinjaFields:
 
     def __init__(self, fmt: PromptFormat):
         self.values = {"content": "content", "input": "input", "round": "ns.round", "system": "system",
-                       "bos": _quote(fmt.bos), "eos": "eos"}
+                       "bos": _quote(fmt.bos), "eos": _quote(fmt.eos)}
 
     def field(self, name: str) -> str:
         return self.values[name]
+
+    def answer_field(self, name: str) -> str:
+        """In an answer, EOS may be left out (formats that end only the last answer with it)."""
+        return "answer_eos" if name == "eos" else self.values[name]
 
 
 class _GoFields:
