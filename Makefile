@@ -9,7 +9,7 @@ RECIPE ?= recipes/smollm2_lora.py
 NPROC ?= 2
 PORT ?= 6006
 
-.PHONY: install demo demo-ptuning demo-qlora train train-ddp dashboard report bench gpu-check gpu-wheels test test-slow quality style clean
+.PHONY: install demo demo-ptuning demo-qlora train train-ddp dashboard report bench gpu-check gpu-wheels test test-slow verify-gguf quality style clean
 
 install: $(VENV)/.installed
 
@@ -63,6 +63,16 @@ test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer (+
 
 test-slow: install  ## trains the real SmolLM2-135M
 	$(PY) -m pytest -m slow -q
+
+# Verification only, never in the default install: pip builds llama.cpp from source with cmake (~17 min on 2 cores).
+# Without -march=native: a native build died with "Illegal instruction" on its first q8_0 matmul on a VM whose CPU
+# flags list AMX; the portable build runs everywhere and only verifies, so its speed does not matter.
+VERIFY_DEPS ?= llama-cpp-python==0.3.36
+
+verify-gguf: install  ## llama.cpp runs the exported demo run (RUN=runs/... or the newest demo run, trained if missing)
+	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PY) -m pip install --no-cache-dir "$(VERIFY_DEPS)"
+	$(PY) bench/verify_gguf.py $(if $(RUN),--run $(RUN)) $(ARGS)
 
 quality: install
 	$(PY) -m flake8 finetune tests recipes data bench

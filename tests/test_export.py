@@ -212,3 +212,43 @@ def test_linear_rope_scaling_from_the_recipe_is_written(tiny_llama, tmp_path):
     fields = gguf.GGUFReader(tmp_path / "x.gguf").fields
     assert fields["llama.rope.scaling.type"].contents() == "linear"
     assert fields["llama.rope.scaling.factor"].contents() == 2.0
+
+
+@pytest.fixture(scope="module")
+def tiny_sentencepiece_llama(tmp_path_factory):
+    """A tiny random Llama with a 320-piece SentencePiece BPE tokenizer (byte fallback, as Llama 2 / Mistral) trained
+    here on the demo data: no Llama 2 tokenizer is available offline."""
+    import sentencepiece
+    from transformers import LlamaConfig, LlamaTokenizer
+
+    folder = tmp_path_factory.mktemp("sp_llama")
+    records = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines()]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(f"{r['instruction']} {r['output']}" for r in records),  # others: byte fallback
+        model_prefix=str(folder / "tokenizer"), vocab_size=320, model_type="bpe", byte_fallback=True,
+        character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    tokenizer = LlamaTokenizer.from_pretrained(folder)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_sentencepiece_tokenizer_round_trip(tiny_sentencepiece_llama, tmp_path):
+    run_dir = _trained(tmp_path, tiny_sentencepiece_llama)
+    assert not (Path(run_dir) / "tokenizer.model").exists()  # the scores come from the base model's folder
+    export_run(run_dir, tmp_path / "sp.gguf", "q8_0")
+    fields = gguf.GGUFReader(tmp_path / "sp.gguf").fields
+    assert fields["tokenizer.ggml.model"].contents() == "llama"
+    assert len(set(fields["tokenizer.ggml.scores"].contents())) > 50  # the pieces' merge scores, not placeholders
+    merge_run(run_dir, tmp_path / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    read_back = AutoTokenizer.from_pretrained(tmp_path, gguf_file="sp.gguf")
+    text = "Give the official Unicode name of this character.\n\nĪ LATIN CAPITAL LETTER I WITH MACRON"
+    assert read_back(text).input_ids == tokenizer(text).input_ids
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    reference, exported = _logits(tmp_path / "merged", ids), _logits(tmp_path, ids, gguf_file="sp.gguf")
+    assert (reference - exported).abs().max() < 5e-2

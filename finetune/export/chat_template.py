@@ -64,7 +64,7 @@ def jinja_chat_template(fmt: PromptFormat, tokenizer_template: Optional[str] = N
     last_eos = "" if template.eos_every_turn else " if ns.answers == n_answers else ''"
     content = "message['content'] | trim" if template.strip_content else "message['content']"
     return "".join([
-        "{%- set ns = namespace(round=0, answers=0, turn=0) -%}",
+        "{%- set ns = namespace(round=0, answers=0) -%}",
         "{%- if messages and messages[0]['role'] == 'system' -%}",
         "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}",
         f"{{%- else -%}}{{%- set system = {default_system} -%}}{{%- set turns = messages -%}}{with_input_system}",
