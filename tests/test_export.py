@@ -252,3 +252,65 @@ def test_sentencepiece_tokenizer_round_trip(tiny_sentencepiece_llama, tmp_path):
     ids = tokenizer(text, return_tensors="pt").input_ids
     reference, exported = _logits(tmp_path / "merged", ids), _logits(tmp_path, ids, gguf_file="sp.gguf")
     assert (reference - exported).abs().max() < 5e-2
+
+
+GO_RENDER = """package main
+
+import ("encoding/json"; "os"; "text/template")
+
+type Message struct { Role string; Content string }
+type Data struct { System string; Messages []Message }
+
+func main() {
+    var in struct { Template string; Data Data }
+    if err := json.NewDecoder(os.Stdin).Decode(&in); err != nil { panic(err) }
+    t := template.Must(template.New("ollama").Parse(in.Template))
+    if err := t.Execute(os.Stdout, in.Data); err != nil { panic(err) }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def go_render(tmp_path_factory):
+    """Go's text/template (the engine Ollama runs TEMPLATE with), built once; skipped where Go is missing."""
+    import shutil
+
+    if shutil.which("go") is None:
+        pytest.skip("Go is not installed (apt-get install golang-go): Ollama templates not executed")
+    folder = tmp_path_factory.mktemp("go")
+    (folder / "render.go").write_text(GO_RENDER)
+    env = {"GOCACHE": str(folder / "cache"), "HOME": str(folder), "PATH": shutil.os.environ["PATH"]}
+    subprocess.run(["go", "build", "-o", str(folder / "render"), str(folder / "render.go")], check=True, env=env)
+
+    def render(template, system, messages):
+        data = {"Template": template, "Data": {"System": system, "Messages": [
+            {"Role": m["role"], "Content": m["content"]} for m in messages]}}
+        done = subprocess.run([str(folder / "render")], input=json.dumps(data), capture_output=True, text=True,
+                              check=True)
+        return done.stdout
+    return render
+
+
+@pytest.mark.parametrize("name", [n for n in template_names() if n not in ("tokenizer", "chatglm2")])
+def test_ollama_template_renders_the_project_template_in_go(name, go_render):
+    from finetune.export import ollama_template
+    from finetune.export.chat_template import trained_system
+
+    template = get_template(name)
+    for system in (None, "Trained system."):
+        fmt = PromptFormat(template, bos="<s>", eos="</s>", system=system)
+        for conversation in CONVERSATIONS:
+            # Ollama sends what the user typed: no separate Alpaca input, no surrounding spaces to strip.
+            conversation = [{"role": m["role"], "content": _typed(m)} for m in conversation]
+            given = conversation[0]["content"] if conversation[0]["role"] == "system" else None
+            if given is None and system is not None:
+                conversation = [{"role": "system", "content": system}] + conversation
+            expected = "".join(t for t, _ in template.render(conversation, bos="<s>", eos="</s>"))
+            # The runtime prepends BOS itself (add_bos_token), so the Go template leaves the first one out.
+            expected = expected.removeprefix("<s>")
+            ollama_system = given if given is not None else trained_system(fmt)  # SYSTEM fills .System
+            assert go_render(ollama_template(fmt), ollama_system, conversation) == expected, (name, conversation)
+
+
+def _typed(message):
+    return (f"{message['content']}\n\n{message['input']}" if message.get("input") else message["content"]).strip()
