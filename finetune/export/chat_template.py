@@ -45,48 +45,63 @@ def jinja_chat_template(fmt: PromptFormat, tokenizer_template: Optional[str] = N
         if not tokenizer_template:
             raise ExportRefused("the run trained with the tokenizer's chat template, but its tokenizer has none")
         return tokenizer_template
-    jinja = _JinjaFields(fmt)
-    default_system = _quote(template.default_system if fmt.system is None else fmt.system)
-    with_input_system = ""
-    if fmt.system is None and template.default_system_with_input:
-        with_input_system = (
-            "{%- if turns and turns[0]['input'] is defined and turns[0]['input'] -%}"
-            f"{{%- set system = {_quote(template.default_system_with_input)} -%}}{{%- endif -%}}")
-    system_block = _expression(template.system, jinja.field)
-    user_content = "message['content'] | trim" if template.strip_content else "message['content']"
-    if template.system_in_first_user:
-        user_content = f"(system_block if ns.round == 1 else '') ~ {user_content}"
-    join_input = "" if template.user_with_input else (
-        "{%- if input -%}{%- set content = content ~ '\\n\\n' ~ input -%}{%- endif -%}")
-    user = _expression(template.user, jinja.field)
-    if template.user_with_input:
-        user = f"({_expression(template.user_with_input, jinja.field)} if input else {user})"
-    last_eos = "" if template.eos_every_turn else " if ns.answers == n_answers else ''"
-    content = "message['content'] | trim" if template.strip_content else "message['content']"
+    fields = _JinjaFields(fmt)
     return "".join([
         "{%- set ns = namespace(round=0, answers=0) -%}",
-        "{%- if messages and messages[0]['role'] == 'system' -%}",
-        "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}",
-        f"{{%- else -%}}{{%- set system = {default_system} -%}}{{%- set turns = messages -%}}{with_input_system}",
-        "{%- endif -%}",
-        "{%- set counter = namespace(n=0) -%}{%- for m in turns -%}{%- if m['role'] == 'assistant' -%}",
-        "{%- set counter.n = counter.n + 1 -%}{%- endif -%}{%- endfor -%}{%- set n_answers = counter.n -%}",
-        f"{{%- set system_block = ({system_block}) if system else '' -%}}",
-        f"{{{{ {_expression(template.prefix, jinja.field)} }}}}",
+        _jinja_system(fmt),
+        f"{{%- set system_block = ({_expression(template.system, fields.field)}) if system else '' -%}}",
+        f"{{{{ {_expression(template.prefix, fields.field)} }}}}",
         "" if template.system_in_first_user else "{{ system_block }}",
         "{%- for message in turns -%}{%- if message['role'] == 'user' -%}",
-        "{%- set ns.round = ns.round + 1 -%}",
-        "{%- set input = message['input'] if message['input'] is defined and message['input'] else '' -%}",
-        f"{{%- set content = {user_content} -%}}{join_input}",
-        f"{{%- if loop.index0 > 0 -%}}{{{{ {_quote(template.separator)} }}}}{{%- endif -%}}" if template.separator
-        else "",
-        f"{{{{ {user} }}}}",
-        "{%- elif message['role'] == 'assistant' -%}{%- set ns.answers = ns.answers + 1 -%}",
-        f"{{%- set answer_eos = {_quote(fmt.eos)}{last_eos} -%}}",
-        f"{{%- set content = {content} -%}}",
-        f"{{{{ {_expression(template.assistant, jinja.answer_field)} }}}}",
+        _jinja_user(template, fields),
+        "{%- elif message['role'] == 'assistant' -%}",
+        _jinja_answer(fmt, fields),
         "{%- endif -%}{%- endfor -%}",
     ])
+
+
+def _jinja_system(fmt: PromptFormat) -> str:
+    """Sets ``system`` (the conversation's, else the trained default) and ``turns`` (the other messages)."""
+    template = fmt.template
+    default = _quote(template.default_system if fmt.system is None else fmt.system)
+    with_input = ""
+    if fmt.system is None and template.default_system_with_input:  # Alpaca's other header
+        with_input = ("{%- if turns and turns[0]['input'] is defined and turns[0]['input'] -%}"
+                      f"{{%- set system = {_quote(template.default_system_with_input)} -%}}{{%- endif -%}}")
+    return ("{%- if messages and messages[0]['role'] == 'system' -%}"
+            "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
+            f"{{%- else -%}}{{%- set system = {default} -%}}{{%- set turns = messages -%}}{with_input}"
+            "{%- endif -%}")
+
+
+def _jinja_user(template, fields: "_JinjaFields") -> str:
+    """A user turn, ending with the answer header (the generation prompt of training)."""
+    content = "message['content'] | trim" if template.strip_content else "message['content']"
+    if template.system_in_first_user:
+        content = f"(system_block if ns.round == 1 else '') ~ {content}"
+    user = _expression(template.user, fields.field)
+    if template.user_with_input:
+        user = f"({_expression(template.user_with_input, fields.field)} if input else {user})"
+    join_input = "" if template.user_with_input else (
+        "{%- if input -%}{%- set content = content ~ '\\n\\n' ~ input -%}{%- endif -%}")
+    separator = (f"{{%- if loop.index0 > 0 -%}}{{{{ {_quote(template.separator)} }}}}{{%- endif -%}}"
+                 if template.separator else "")
+    return ("{%- set ns.round = ns.round + 1 -%}"
+            "{%- set input = message['input'] if message['input'] is defined and message['input'] else '' -%}"
+            f"{{%- set content = {content} -%}}{join_input}{separator}{{{{ {user} }}}}")
+
+
+def _jinja_answer(fmt: PromptFormat, fields: "_JinjaFields") -> str:
+    """An assistant turn; formats that end only the last answer with EOS count the answers first."""
+    template = fmt.template
+    content = "message['content'] | trim" if template.strip_content else "message['content']"
+    answer_eos = _quote(fmt.eos)
+    if not template.eos_every_turn:
+        answer_eos += (" if ns.answers == (turns | selectattr('role', 'equalto', 'assistant') | list | length)"
+                       " else ''")
+    return ("{%- set ns.answers = ns.answers + 1 -%}"
+            f"{{%- set answer_eos = {answer_eos} -%}}{{%- set content = {content} -%}}"
+            f"{{{{ {_expression(template.assistant, fields.answer_field)} }}}}")
 
 
 def ollama_template(fmt: PromptFormat) -> str:
