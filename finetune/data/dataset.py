@@ -21,8 +21,9 @@ import datasets
 import pyarrow.compute as pc
 
 from ..recipe import DataSpec
+from .errors import DataError
+from .formats import RecordConverter
 from .pipeline import ChunkEncoder, default_num_proc, write_tokenized
-from .readers import DataError, RecordConverter
 from .sources import Source, open_source
 from .tokenize import ENCODER_VERSION, Encoder
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from .readers import RecordConverter
+from .formats import RecordConverter
 from .sources import Chunk, Source
 from .tokenize import Encoder
 
@@ -27,9 +27,9 @@ __all__ = ["CHUNK_ROWS", "SCHEMA", "default_num_proc", "write_tokenized"]
 
 CHUNK_ROWS = 1000
 """Records per chunk: large enough that a chunk's pickling is noise next to its tokenization (~0.2 s)."""
-SMALL_CHUNKS = 4
-"""Sources of at most this many chunks are tokenized in-process: forking workers cost more than they save
-(measured in tests/test_sources.py's neighbour, bench/bench_load.py --examples 4000)."""
+SMALL_CHUNKS = 2
+"""Sources of at most this many chunks are tokenized in-process: starting and stopping two workers took
+0.06-0.08 s here, about a third of one chunk's tokenizing, so only the smallest sets are better off without."""
 MAX_AUTO_PROC = 8
 
 _MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("input", pa.string())])

@@ -16,7 +16,8 @@ from typing import Any, Iterator
 
 import xxhash
 
-from .readers import DataError, _check_object, json_chunks, parse_line
+from .errors import DataError
+from .jsonfile import check_object, json_chunks, parse_line
 
 __all__ = ["Chunk", "Source", "open_source"]
 
@@ -40,7 +41,7 @@ class Chunk:
                 yield f"{name}:{number}", number, parse_line(name, number, raw)
         elif self.kind == "record":
             for number, item in zip(self.numbers, self.items):
-                yield f"{name} record {number}", number, _check_object(f"{name} record {number}", item)
+                yield f"{name} record {number}", number, check_object(f"{name} record {number}", item)
         else:
             for number, item in zip(self.numbers, self.items.to_pylist()):
                 yield f"{name} row {number}", number, item
