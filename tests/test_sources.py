@@ -42,9 +42,10 @@ def test_parquet_csv_and_save_to_disk_folders(tmp_path, expected):
     table = pa.Table.from_pylist(RECORDS)
     pq.write_table(table, tmp_path / "d.parquet", row_group_size=4)
     pacsv.write_csv(table, tmp_path / "d.csv")
+    pacsv.write_csv(table, tmp_path / "d.tsv", pacsv.WriteOptions(delimiter="\t"))
     datasets.Dataset.from_list(RECORDS).save_to_disk(str(tmp_path / "folder"))
     datasets.DatasetDict({"dev": datasets.Dataset.from_list(RECORDS[:2])}).save_to_disk(str(tmp_path / "dict"))
-    for name in ("d.parquet", "d.csv", "folder"):
+    for name in ("d.parquet", "d.csv", "d.tsv", "folder"):
         result = read_examples(tmp_path / name, "alpaca")
         assert pairs(result.conversations) == expected and result.lines == list(range(6)), name
     assert pairs(read_examples(tmp_path / "dict", "alpaca", split="dev").conversations) == expected[:2]
@@ -56,6 +57,9 @@ def test_csv_keeps_numeric_looking_answers_as_text(tmp_path):
     (tmp_path / "d.csv").write_text('instruction,output\n"Two plus two, as a number?",4\n', encoding="utf-8")
     conversation = read_examples(tmp_path / "d.csv", "alpaca").conversations[0]
     assert [m["content"] for m in conversation] == ["Two plus two, as a number?", "4"]
+    (tmp_path / "bad.csv").write_text("instruction,answer\nQ,A\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.csv: column .output. is missing \(columns: \[.instruction.,"):
+        read_examples(tmp_path / "bad.csv", "alpaca")
 
 
 def test_column_mapping_for_any_format(tmp_path):
