@@ -82,3 +82,11 @@ def test_cache_hit_does_not_read_the_records_again(tokenizer, tmp_path, monkeypa
 
 def test_default_num_proc_uses_the_available_cores_capped():
     assert 1 <= pipeline.default_num_proc() <= min(len(os.sched_getaffinity(0)), pipeline.MAX_AUTO_PROC)
+
+
+def test_prompts_that_fill_max_length_are_counted_cold_and_warm(tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", RECORDS[:30] + [{"instruction": "word " * 100, "output": "O"}])
+    cold, warm = build(tokenizer, path), build(tokenizer, path)
+    reason = "no supervised token (prompt fills max_length)"
+    assert cold.skipped[reason] == warm.skipped[reason] == 1 and len(cold.train) == len(warm.train) == 30
+    assert warm.cache_hit and min(warm.train["num_supervised"]) > 0

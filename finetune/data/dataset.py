@@ -84,9 +84,10 @@ def _tokenized(spec: DataSpec, location: str, encoder: Encoder, skipped: Counter
     if not hit:
         num_proc = spec.num_proc or default_num_proc()
         started = time.perf_counter()
-        rows, read_skipped = write_tokenized(source, ChunkEncoder(source.name, converter, encoder), cache_file,
-                                             num_proc)
-        info_file.write_text(json.dumps({"rows": rows, "skipped": read_skipped, "unit": source.unit}))
+        encode = ChunkEncoder(source.name, converter, encoder)
+        rows, unsupervised, read_skipped = write_tokenized(source, encode, cache_file, num_proc)
+        info_file.write_text(json.dumps({"rows": rows, "skipped": read_skipped, "unit": source.unit,
+                                         "unsupervised": unsupervised}))
         logger.info("Tokenized %s: %d examples in %.1f s (data.num_proc=%d)", source.name, rows,
                     time.perf_counter() - started, num_proc)
     info = json.loads(info_file.read_text())
@@ -97,7 +98,9 @@ def _tokenized(spec: DataSpec, location: str, encoder: Encoder, skipped: Counter
     tokenized = datasets.Dataset.from_file(str(cache_file))
     tokenized = _apply_overlong_policy(tokenized, spec.overlong, location, encoder.max_length, skipped, prefix,
                                        info["unit"])
-    empty = _count_zero(tokenized)
+    # Counted while writing: reading the column back through the memory map would fault in pages of every batch.
+    empty = info.get("unsupervised") if spec.overlong == "truncate" else None
+    empty = _count_zero(tokenized) if empty is None else empty
     if empty == len(tokenized):
         raise ValueError(f"{location}: every example has all labels masked (no supervised token). The prompts fill "
                          f"model.max_length={encoder.max_length} or the answers are empty; raise max_length or "
@@ -110,8 +113,7 @@ def _tokenized(spec: DataSpec, location: str, encoder: Encoder, skipped: Counter
 
 def _count_zero(tokenized: datasets.Dataset) -> int:
     """Examples with no supervised token, counted in Arrow (a Python loop over 1M rows takes seconds)."""
-    column = tokenized.with_format("arrow")["num_supervised"]
-    return int(pc.sum(pc.equal(column, 0)).as_py() or 0)
+    return int(pc.sum(pc.equal(tokenized.with_format("arrow")["num_supervised"], 0)).as_py() or 0)
 
 
 def _mixed(sources: tuple[str, ...], seed: int) -> Path:

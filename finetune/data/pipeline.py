@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .formats import RecordConverter
 from .sources import Chunk, Source
@@ -69,11 +70,12 @@ class ChunkEncoder:
         return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA), skipped
 
 
-def write_tokenized(source: Source, encode: ChunkEncoder, out: Path, num_proc: int) -> tuple[int, Counter]:
+def write_tokenized(source: Source, encode: ChunkEncoder, out: Path, num_proc: int) -> tuple[int, int, Counter]:
     """Tokenize ``source`` into the Arrow stream file ``out`` (written beside it, then renamed into place).
 
     Returns:
-        The number of rows written and the skipped records counted by reason.
+        The number of rows written, how many of them have no supervised token (counted here, so nobody
+        reads that column back through the memory map), and the skipped records counted by reason.
 
     Raises:
         DataError: the first bad record in source order, whichever worker met it.
@@ -83,17 +85,18 @@ def write_tokenized(source: Source, encode: ChunkEncoder, out: Path, num_proc: i
     if len(head) <= SMALL_CHUNKS:
         num_proc = 1
     staging = out.with_name(out.name + f".{os.getpid()}.tmp")
-    rows, skipped = 0, Counter()
+    rows, unsupervised, skipped = 0, 0, Counter()
     try:
         with pa.OSFile(str(staging), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
             for batch, counts in _ordered_map(encode, _chain(head, chunks), num_proc):
                 writer.write_batch(batch)
                 rows += batch.num_rows
+                unsupervised += pc.sum(pc.equal(batch["num_supervised"], 0)).as_py() or 0
                 skipped.update(counts)
         os.replace(staging, out)
     finally:
         staging.unlink(missing_ok=True)
-    return rows, skipped
+    return rows, unsupervised, skipped
 
 
 def _chain(head: list, rest: Iterator) -> Iterator:
