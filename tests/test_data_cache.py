@@ -90,3 +90,9 @@ def test_prompts_that_fill_max_length_are_counted_cold_and_warm(tokenizer, tmp_p
     reason = "no supervised token (prompt fills max_length)"
     assert cold.skipped[reason] == warm.skipped[reason] == 1 and len(cold.train) == len(warm.train) == 30
     assert warm.cache_hit and min(warm.train["num_supervised"]) > 0
+
+
+def test_a_table_with_the_wrong_column_type_stops_the_build(tokenizer, tmp_path):
+    pq.write_table(pa.Table.from_pylist([{"instruction": "I", "output": i} for i in range(30)]), tmp_path / "d.parquet")
+    with pytest.raises(DataError, match=r"d.parquet: column 'output' must hold strings, it holds int64"):
+        build(tokenizer, tmp_path / "d.parquet", num_proc=2)

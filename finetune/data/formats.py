@@ -68,6 +68,7 @@ class RecordConverter:
 
     def convert_chunk(self, name: str, chunk, skipped: Counter) -> Iterator[tuple[int, list[dict]]]:
         """``(number, conversation)`` for each usable record of a chunk; the others are counted in ``skipped``."""
+        self.check_schema(name, chunk.schema)
         for where, number, record in chunk.records(name):
             messages = self.conversation(where, record)
             reason = skip_reason(messages)

@@ -51,7 +51,6 @@ def read_examples(path: str | Path, fmt: str, *, prompt_column: str = "content",
     source = open_source(str(path), split=split, subset=subset, revision=revision)
     result = ReadResult(str(path))
     for chunk in source.chunks(1024):
-        converter.check_schema(source.name, chunk.schema)
         for number, messages in converter.convert_chunk(source.name, chunk, result.skipped):
             result.conversations.append(messages)
             result.lines.append(number)
