@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-DATA_FORMATS = ("alpaca", "adgen", "sharegpt", "firefly", "messages", "text")
+DATA_FORMATS = ("alpaca", "adgen", "sharegpt", "firefly", "messages", "text", "prompt_completion")
 
 
 class RecipeError(ValueError):
@@ -93,16 +93,23 @@ class DataSpec:
     """Where the examples come from and how they are turned into prompts."""
 
     train: str = ""
-    """Training file (JSON or JSONL)."""
+    """Training data: a JSON/JSONL file (also ``.gz``/``.zst``), a Parquet or CSV file, a folder written by
+    ``datasets``' ``save_to_disk``, or a Hub dataset from the local cache, ``hub:NAME[:SPLIT]``."""
     sources: tuple[str, ...] = ()
     """Instead of ``train``: several files mixed into one training set, each ``FILE:FORMAT[:N|:RATIO]`` as for
     ``python -m finetune.data mix`` (N examples, or a share of the mix), seeded by ``training.seed``."""
     format: str = "alpaca"
-    """Record layout: alpaca, adgen, sharegpt, firefly, messages or text (see README, "Data formats")."""
+    """Record layout: alpaca, adgen, sharegpt, firefly, messages, text or prompt_completion (see README, "Data
+    formats")."""
+    columns: Mapping[str, str] = field(default_factory=dict)
+    """Field names as the data has them, ``{field of the format: column in the data}``, e.g. ``{"instruction":
+    "question", "output": "answer"}`` (LLaMA-Factory's ``dataset_info`` columns). On the command line:
+    ``data.columns=instruction=question,output=answer`` or a JSON object."""
     template: str = "auto"
     """Prompt template name; ``auto`` takes the model family's default."""
     eval: str = ""
-    """Held-out file; when empty, ``eval_split`` of the training file is held out instead."""
+    """Held-out data (same kinds as ``train``; ``hub:NAME:SPLIT`` names its split); when empty, ``eval_split`` of the
+    training set is held out instead."""
     eval_split: float = 0.0
     """Fraction of the training file held out for evaluation when ``eval`` is empty (seeded)."""
     system: Optional[str] = None
@@ -113,6 +120,15 @@ class DataSpec:
     """adgen format: the field holding the answer."""
     text_column: str = "text"
     """text format: the field holding a plain text, trained on in full (TRL's ``dataset_text_field``)."""
+    split: str = "train"
+    """Hub datasets and ``save_to_disk`` folders with several splits: the split ``train`` reads."""
+    subset: Optional[str] = None
+    """Hub datasets: the subset (configuration) name, when the dataset has several."""
+    revision: Optional[str] = None
+    """Hub datasets: a branch, tag or commit in the local hub cache (``hf download --revision``)."""
+    num_proc: int = 0
+    """Processes that read and tokenize; 0 is the cores available (at most 8). Sets of a few thousand examples
+    run in one process, where starting workers would cost more than it saves. Results do not depend on it."""
     overlong: str = "truncate"
     """Examples longer than model.max_length: ``truncate`` (keep whole turns, cut a first answer; counted),
     ``drop`` (skip them; counted) or ``error`` (stop, naming their lines)."""
@@ -126,6 +142,10 @@ class DataSpec:
         _check_choice("data.format", self.format, DATA_FORMATS)
         _check_choice("data.batching", self.batching, ("auto", "padded", "padding_free", "group_by_length"))
         _check_choice("data.overlong", self.overlong, ("truncate", "drop", "error"))
+        if isinstance(self.columns, str):  # from a command-line override
+            object.__setattr__(self, "columns", _parse_columns(self.columns))
+        if self.num_proc < 0:
+            raise RecipeError(f"data.num_proc={self.num_proc} must be 0 (all cores) or a number of processes.")
         if not 0.0 <= self.eval_split < 1.0:
             raise RecipeError(f"data.eval_split={self.eval_split} must be in [0, 1).")
 
@@ -346,6 +366,19 @@ def recipe_from_dict(data: Mapping[str, Any]) -> Recipe:
         name=data["name"], model=ModelSpec(**model), data=DataSpec(**data_spec),
         method=method_cls(**method), training=TrainingSpec(**data["training"]), eval=EvalSpec(**data["eval"]),
     )
+
+
+def _parse_columns(raw: str) -> dict:
+    """``instruction=question,output=answer`` or a JSON object, as ``data.columns`` arrives from an override."""
+    try:
+        parsed = json.loads(raw) if raw.strip().startswith("{") else dict(
+            part.split("=", 1) for part in raw.split(",") if part.strip())
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+        raise RecipeError(f"data.columns={raw!r}: expected field=column pairs, e.g. "
+                          "data.columns=instruction=question,output=answer")
+    return {k.strip(): v.strip() for k, v in parsed.items()}
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

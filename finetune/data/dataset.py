@@ -1,8 +1,9 @@
 """From a recipe's data section to tokenized train/eval datasets, cached on disk.
 
-The cache key covers everything the token ids depend on: the file's bytes, the format options, the template's
-definition, the tokenizer's vocabulary and special tokens, ``max_length`` and the encoder version. A cache hit
-never re-tokenizes; any change gives a new key, so a stale cache cannot be read.
+The cache key covers everything the token ids depend on: the source's bytes, the format options and columns, the
+template's definition, the tokenizer's vocabulary and special tokens, ``max_length`` and the encoder version. A
+cache hit never re-reads or re-tokenizes (the skip counts are stored beside it); any change gives a new key, so a
+stale cache cannot be read. ``data.num_proc`` is not in the key: it gives the same rows.
 """
 from __future__ import annotations
 
@@ -16,15 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import pyarrow.compute as pc
 
 from ..paths import cache_dir
 from ..recipe import DataSpec
-from .readers import DataError, ReadResult, read_examples
+from .errors import DataError
+from .formats import RecordConverter
+from .pipeline import ChunkEncoder, default_num_proc, write_tokenized
+from .sources import Source, open_source
 from .tokenize import ENCODER_VERSION, Encoder
 
 __all__ = ["SFTData", "build_datasets", "cache_dir"]
 
 logger = logging.getLogger(__name__)
+
+READER_VERSION = 2
+"""Bump when what the readers accept or skip changes (2: streaming reader; empty answers mid-dialogue skipped)."""
 
 
 @dataclass
@@ -47,7 +55,7 @@ def build_datasets(spec: DataSpec, tokenizer, template, max_length: int, seed: i
     skipped: Counter = Counter()
     started = time.perf_counter()
     if spec.sources:
-        spec = dataclasses.replace(spec, train=str(_mixed(spec.sources, seed)), format="messages")
+        spec = dataclasses.replace(spec, train=str(_mixed(spec.sources, seed)), format="messages", columns={})
     train, hit = _tokenized(spec, spec.train, encoder, skipped)
     evaluation = None
     if spec.eval:
@@ -58,30 +66,46 @@ def build_datasets(spec: DataSpec, tokenizer, template, max_length: int, seed: i
     return SFTData(train, evaluation, skipped, time.perf_counter() - started, hit)
 
 
-def _tokenized(spec: DataSpec, path: str, encoder: Encoder, skipped: Counter, prefix: str = ""):
-    read: ReadResult = read_examples(path, spec.format, prompt_column=spec.prompt_column,
-                                     response_column=spec.response_column, text_column=spec.text_column,
-                                     system=spec.system)
-    for reason, count in read.skipped.items():
+def _tokenized(spec: DataSpec, location: str, encoder: Encoder, skipped: Counter, prefix: str = ""):
+    source = open_source(location, split=spec.split, subset=spec.subset, revision=spec.revision)
+    converter = RecordConverter(spec.format, spec.prompt_column, spec.response_column, spec.text_column,
+                                spec.system, spec.columns)
+    key = _cache_key(spec, source, encoder)
+    cache_file, info_file = cache_dir("data") / f"{key}.arrow", cache_dir("data") / f"{key}.json"
+    hit = cache_file.exists() and info_file.exists()
+    if not hit:
+        num_proc = spec.num_proc or default_num_proc()
+        started = time.perf_counter()
+        encode = ChunkEncoder(source.name, converter, encoder)
+        rows, unsupervised, read_skipped = write_tokenized(source, encode, cache_file, num_proc)
+        info_file.write_text(json.dumps({"rows": rows, "skipped": read_skipped, "unit": source.unit,
+                                         "unsupervised": unsupervised}))
+        logger.info("Tokenized %s: %d examples in %.1f s (data.num_proc=%d)", source.name, rows,
+                    time.perf_counter() - started, num_proc)
+    info = json.loads(info_file.read_text())
+    for reason, count in info["skipped"].items():
         skipped[prefix + reason] += count
-    if not read.conversations:
-        raise ValueError(f"{path}: no usable example ({dict(read.skipped)}); check data.format={spec.format!r}.")
-    cache_file = cache_dir("data") / f"{_cache_key(spec, path, encoder)}.arrow"
-    hit = cache_file.exists()
-    raw = datasets.Dataset.from_dict({"messages": read.conversations, "line": read.lines})
-    tokenized = raw.map(encoder, batched=True, batch_size=512,
-                        cache_file_name=str(cache_file), load_from_cache_file=True,
-                        desc=f"Tokenizing {Path(path).name}")
-    tokenized = _apply_overlong_policy(tokenized, spec.overlong, path, encoder.max_length, skipped, prefix)
-    empty = sum(1 for n in tokenized["num_supervised"] if n == 0)
+    if not info["rows"]:
+        raise ValueError(f"{location}: no usable example ({info['skipped']}); check data.format={spec.format!r}.")
+    tokenized = datasets.Dataset.from_file(str(cache_file))
+    tokenized = _apply_overlong_policy(tokenized, spec.overlong, location, encoder.max_length, skipped, prefix,
+                                       info["unit"])
+    # Counted while writing: reading the column back through the memory map would fault in pages of every batch.
+    empty = info.get("unsupervised") if spec.overlong == "truncate" else None
+    empty = _count_zero(tokenized) if empty is None else empty
     if empty == len(tokenized):
-        raise ValueError(f"{path}: every example has all labels masked (no supervised token). The prompts fill "
+        raise ValueError(f"{location}: every example has all labels masked (no supervised token). The prompts fill "
                          f"model.max_length={encoder.max_length} or the answers are empty; raise max_length or "
                          "check data.format and data.template.")
     if empty:
         skipped[prefix + "no supervised token (prompt fills max_length)"] += empty
         tokenized = tokenized.filter(lambda n: n > 0, input_columns="num_supervised")
     return tokenized, hit
+
+
+def _count_zero(tokenized: datasets.Dataset) -> int:
+    """Examples with no supervised token, counted in Arrow (a Python loop over 1M rows takes seconds)."""
+    return int(pc.sum(pc.equal(tokenized.with_format("arrow")["num_supervised"], 0)).as_py() or 0)
 
 
 def _mixed(sources: tuple[str, ...], seed: int) -> Path:
@@ -101,38 +125,36 @@ def _mixed(sources: tuple[str, ...], seed: int) -> Path:
     return out
 
 
-def _apply_overlong_policy(tokenized, policy: str, path: str, max_length: int, skipped: Counter, prefix: str):
+def _apply_overlong_policy(tokenized, policy: str, path: str, max_length: int, skipped: Counter, prefix: str,
+                           unit: str = "line"):
     """Examples that did not fit ``max_length`` are kept truncated, dropped, or an error (``data.overlong``)."""
     if policy == "truncate":
         return tokenized
-    columns = tokenized.select_columns(["truncated", "dropped_turns", "num_supervised", "line"]).to_dict()
-    rows = zip(columns["truncated"], columns["dropped_turns"], columns["num_supervised"])
-    overlong = [i for i, (cut, dropped, supervised) in enumerate(rows) if cut or dropped or not supervised]
+    table = tokenized.with_format("arrow")[:]
+    overlong_mask = pc.or_(pc.or_(table["truncated"], pc.greater(table["dropped_turns"], 0)),
+                           pc.equal(table["num_supervised"], 0))
+    overlong = pc.indices_nonzero(overlong_mask).to_pylist()
     if not overlong:
         return tokenized
     if policy == "error":
-        lines = ", ".join(str(columns["line"][i]) for i in overlong[:10])
-        raise DataError(f"{path}: {len(overlong)} examples exceed model.max_length={max_length} (lines {lines}"
+        numbers = ", ".join(str(table["line"][i].as_py()) for i in overlong[:10])
+        raise DataError(f"{path}: {len(overlong)} examples exceed model.max_length={max_length} ({unit}s {numbers}"
                         f"{', ...' if len(overlong) > 10 else ''}); raise model.max_length or set "
                         "data.overlong=truncate or drop.")
     skipped[prefix + f"longer than max_length={max_length} (data.overlong=drop)"] += len(overlong)
-    keep = sorted(set(range(len(tokenized))) - set(overlong))
-    return tokenized.select(keep)
+    return tokenized.select(pc.indices_nonzero(pc.invert(overlong_mask)).to_numpy())
 
 
-def _cache_key(spec: DataSpec, path: str, encoder: Encoder) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+def _cache_key(spec: DataSpec, source: Source, encoder: Encoder) -> str:
+    """Everything the token ids depend on, and nothing they do not (``data.num_proc`` gives the same rows)."""
     options = {
+        "source": source.fingerprint(), "reader": READER_VERSION,
         "format": spec.format, "columns": [spec.prompt_column, spec.response_column, spec.text_column],
-        "system": spec.system,
+        "mapping": sorted(dict(spec.columns).items()), "system": spec.system,
         "template": encoder.template.to_dict(), "max_length": encoder.max_length, "version": ENCODER_VERSION,
         "tokenizer": _tokenizer_fingerprint(encoder.tokenizer),
     }
-    digest.update(json.dumps(options, sort_keys=True).encode())
-    return digest.hexdigest()[:24]
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:

@@ -44,6 +44,12 @@ class Encoder:
         self.bos = tokenizer.decode(self.prefix_ids) if self.prefix_ids else ""
         self.eos = tokenizer.eos_token or ""
         self.uses_auto_prefix = isinstance(template, Template) and template.prefix == "{bos}"
+        self.eos_id = tokenizer.eos_token_id
+        # The Rust tokenizer directly: the same ids as tokenizer(texts, add_special_tokens=False) without building
+        # offsets and a dict per text (~20% of tokenizing time). Only where the wrapper adds nothing of its own.
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.direct = bool(getattr(tokenizer, "is_fast", False) and hasattr(backend, "encode_batch_fast")
+                           and not getattr(tokenizer, "split_special_tokens", False))
 
     def render(self, messages: list[dict]) -> list[tuple[str, bool]]:
         """Template segments with neighbours of the same kind joined, so only mask boundaries split the text."""
@@ -73,13 +79,20 @@ class Encoder:
     def _tokenize(self, rendered: list[list[tuple[str, bool]]]) -> list[list[list[int]]]:
         """Tokenize every segment of the batch in one tokenizer call (fast tokenizers batch in Rust)."""
         texts = [text for segments in rendered for text, _ in segments[1:]]
-        flat = iter(self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+        flat = iter(self.ids(texts) if texts else [])
         result = []
         for segments in rendered:
             prefix = self.prefix_ids if self.uses_auto_prefix else (
                 self.tokenizer(segments[0][0], add_special_tokens=False)["input_ids"] if segments[0][0] else [])
             result.append([list(prefix)] + [next(flat) for _ in segments[1:]])
         return result
+
+    def ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens added."""
+        if self.direct:
+            encodings = self.tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+            return [encoding.ids for encoding in encodings]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     def _assemble(self, seg_ids: list[list[int]], supervised: list[bool]) -> dict[str, Any]:
         input_ids: list[int] = []
@@ -100,10 +113,10 @@ class Encoder:
                 boundary, kept = len(input_ids), kept + 1
         # Context after the last answer teaches nothing; cut after the last supervised token.
         input_ids, labels = input_ids[:boundary], labels[:boundary]
-        supervised_ids = [t for t in labels if t != IGNORE_INDEX]
+        num_supervised = len(labels) - labels.count(IGNORE_INDEX)
         return {
             "input_ids": input_ids, "labels": labels, "num_tokens": len(input_ids),
-            "num_supervised": len(supervised_ids), "truncated": truncated,
+            "num_supervised": num_supervised, "truncated": truncated,
             "dropped_turns": sum(supervised) - kept,
-            "eos_labelled": self.tokenizer.eos_token_id in supervised_ids,
+            "eos_labelled": self.eos_id is not None and self.eos_id in labels,
         }

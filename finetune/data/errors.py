@@ -1,0 +1,7 @@
+"""The error every data problem raises: the message names the file, line (or row) and field, and what to do."""
+
+__all__ = ["DataError"]
+
+
+class DataError(ValueError):
+    """A data file is malformed; the message names file, line and field."""
