@@ -28,11 +28,12 @@ def main() -> int:
     parser.add_argument("--run", help="run folder (default: the newest runs/smollm2_lora-*, trained when missing)")
     parser.add_argument("--quants", default="f16,q8_0")
     parser.add_argument("--out-dir", help="where the GGUF files go (default: RUN/gguf)")
+    parser.add_argument("--data", help="prompts to answer (default: the recipe's data.eval, else data.train)")
     parser.add_argument("--limit", type=int, default=0, help="first N held-out prompts only (0: all)")
     args = parser.parse_args()
     run_dir = Path(args.run) if args.run else _demo_run()
     out_dir = Path(args.out_dir) if args.out_dir else run_dir / "gguf"
-    prompts, reference, tokenizer = _pytorch_answers(run_dir, args.limit)
+    prompts, reference, tokenizer = _pytorch_answers(run_dir, args.data, args.limit)
     results = {"run": str(run_dir), "prompts": len(prompts), "quants": {}}
     for quant in args.quants.split(","):
         path = out_dir / f"{run_dir.name}-{quant}.gguf"
@@ -55,7 +56,7 @@ def _demo_run() -> Path:
     return runs[-1]
 
 
-def _pytorch_answers(run_dir: Path, limit: int):
+def _pytorch_answers(run_dir: Path, data: str | None, limit: int):
     """The held-out prompts (as finetune renders and tokenizes them) and the run's greedy answers."""
     from finetune.data import Encoder, read_examples
     from finetune.generate import generate, prompt_messages
@@ -63,7 +64,7 @@ def _pytorch_answers(run_dir: Path, limit: int):
 
     run = load_run(run_dir)
     recipe = run.recipe
-    held_out = ROOT / (recipe.data.eval or recipe.data.train)
+    held_out = ROOT / (data or recipe.data.eval or recipe.data.train)
     conversations = read_examples(held_out, recipe.data.format, system=recipe.data.system).conversations
     conversations = conversations[:limit] if limit else conversations
     encoder = Encoder(run.tokenizer, run.template, max_length=10**9)

@@ -27,8 +27,12 @@ logger = logging.getLogger(__name__)
 PROBE = "The quick brown fox jumps over the lazy dog. Fine-tuning changes a model's answers; merging must not."
 
 
-def merge_run(run_dir: str | Path, out: str | Path) -> dict:
+def merge_run(run_dir: str | Path, out: str | Path, dtype: str | None = None) -> dict:
     """Merge the adapter of ``run_dir`` into its base, save to ``out`` and return the error report.
+
+    Args:
+        dtype: merge into a base loaded in this dtype instead of the run's (the GGUF export merges in float32,
+            so a bf16 run's update is not rounded to bf16 before it is written as f16 or quantised).
 
     Raises:
         ValueError: when the run's method does not merge (only LoRA/DoRA/QLoRA adapters do).
@@ -41,6 +45,8 @@ def merge_run(run_dir: str | Path, out: str | Path) -> dict:
         raise ValueError(f"{run_dir}: only LoRA/QLoRA runs can be merged (this one used {trained.recipe.method.name}).")
     spec = trained.recipe.model
     dtype_spec = spec if spec.quantization is None else _with_dtype(spec, spec.quantization.compute_dtype)
+    if dtype is not None:
+        dtype_spec = _with_dtype(spec, dtype)
     base = load_model(trained.base_path, trained.family, dtype_spec, quantize=False)
     merged = PeftModel.from_pretrained(base, run_dir).merge_and_unload().eval()
 

@@ -3,6 +3,8 @@
 import dataclasses
 
 import pytest
+import torch
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune import EvalSpec
@@ -10,7 +12,7 @@ from finetune.data import Encoder, read_examples
 from finetune.export import export_run
 from finetune.generate import generate, prompt_messages
 from finetune.inference import load_run
-from finetune.precision import resolve_dtype
+from finetune.models import load_model
 from finetune.run import load_recipe
 
 pytestmark = pytest.mark.slow
@@ -26,11 +28,12 @@ def test_exported_demo_run_answers_the_held_out_prompts_as_the_adapter(tmp_path)
     assert report["tensor_types"] == {"F16": 211, "F32": 61}  # 30 blocks x 7 matrices + embedding; 61 norms
 
     run = load_run(run_dir)
+    base = load_model(run.base_path, run.family, recipe.model, dtype=torch.float32)
+    run.model = PeftModel.from_pretrained(base, run_dir).eval()
     held_out = read_examples(recipe.data.eval, recipe.data.format, system=recipe.data.system).conversations[:8]
     prompts = [prompt_messages(c)[0] for c in held_out]
-    # Read back in the run's dtype: f16 holds the merged bf16 weights exactly, so only the merge's rounding differs.
-    gguf_model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="demo.gguf",
-                                                      dtype=resolve_dtype(recipe.model.dtype))
+    # Both in float32 (the export merges in float32): what differs is the f16 rounding of the merged weights.
+    gguf_model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="demo.gguf", dtype=torch.float32)
     gguf_tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file="demo.gguf")
     gguf_tokenizer.pad_token = run.tokenizer.pad_token
 

@@ -45,7 +45,7 @@ def export_run(run_dir: str | Path, out: str | Path, quant: str = "f16") -> dict
             from ..merge import merge_run  # imported late: peft's import prints bitsandbytes noise before refusals
 
             model_dir = Path(tmp) / "merged"
-            merge_report = merge_run(run_dir, model_dir)
+            merge_report = merge_run(run_dir, model_dir, dtype="float32")  # every GGUF type is <= f32
         report = _write(model_dir, out, qtype, recipe, template, (run_dir, base_path))
     return {**report, "merge": merge_report}
 
