@@ -60,6 +60,7 @@ def _signal_one_rank(rank: int, target_rank: int, step: int) -> None:
     """SIGTERM to this process alone at the end of ``step`` when it is ``target_rank`` (a scheduler's signal that
     reaches one node first); every rank records the step it stopped at."""
     import signal
+    import time
 
     import finetune.train
 
@@ -67,6 +68,8 @@ def _signal_one_rank(rank: int, target_rank: int, step: int) -> None:
         def on_step_end(self, args, state, control, **kwargs):
             if rank == target_rank and state.global_step == step:
                 os.kill(os.getpid(), signal.SIGTERM)
+                while self.received is None:  # Python runs the handler at its next check, not inside os.kill
+                    time.sleep(0.001)
             control = super().on_step_end(args, state, control, **kwargs)
             _steps.append(state.global_step)
             return control
