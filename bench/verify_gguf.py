@@ -58,6 +58,7 @@ def _demo_run() -> Path:
 
 def _pytorch_answers(run_dir: Path, data: str | None, limit: int):
     """The held-out prompts (as finetune renders and tokenizes them) and the run's greedy answers."""
+    from finetune.conversation import user_text
     from finetune.data import Encoder, read_examples
     from finetune.generate import generate, prompt_messages
     from finetune.inference import load_run
@@ -71,7 +72,7 @@ def _pytorch_answers(run_dir: Path, data: str | None, limit: int):
     prompts = []
     for conversation in conversations:
         messages, _ = prompt_messages(conversation)
-        chat = [{"role": m["role"], "content": _joined(m)} for m in messages]  # what a chat user would send
+        chat = [{"role": m["role"], "content": user_text(m)} for m in messages]  # what a chat user would send
         prompts.append({"messages": messages, "chat": chat, "ids": encoder.encode_prompt(messages)})
     started = time.perf_counter()
     answers = generate(run.model, run.tokenizer, run.template, [p["messages"] for p in prompts],
@@ -81,10 +82,6 @@ def _pytorch_answers(run_dir: Path, data: str | None, limit: int):
     reference = {"answers": answers, "max_new_tokens": recipe.eval.max_new_tokens,
                  "dtype": str(next(run.model.parameters()).dtype)}
     return prompts, reference, run.tokenizer
-
-
-def _joined(message: dict) -> str:
-    return f"{message['content']}\n\n{message['input']}" if message.get("input") else message["content"]
 
 
 def _llama_cpp_answers(path: Path, prompts: list[dict], reference: dict, tokenizer) -> dict:

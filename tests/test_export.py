@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune import DataSpec, EvalSpec, FullSpec, LoraSpec, ModelSpec, PTuningSpec, Recipe, TrainingSpec
+from finetune.conversation import user_text
 from finetune.export import ExportRefused, PromptFormat, export_run, jinja_chat_template, modelfile_text
 from finetune.export.vocab import bpe_pre_tokenizer
 from finetune.merge import PROBE, merge_run
@@ -313,4 +314,4 @@ def test_ollama_template_renders_the_project_template_in_go(name, go_render):
 
 
 def _typed(message):
-    return (f"{message['content']}\n\n{message['input']}" if message.get("input") else message["content"]).strip()
+    return user_text(message).strip()

@@ -8,6 +8,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune import EvalSpec
+from finetune.conversation import user_text
 from finetune.data import Encoder, read_examples
 from finetune.export import export_run
 from finetune.generate import generate, prompt_messages
@@ -39,8 +40,7 @@ def test_exported_demo_run_answers_the_held_out_prompts_as_the_adapter(tmp_path)
 
     trained, ours = Encoder(run.tokenizer, run.template, 10**9), Encoder(gguf_tokenizer, run.template, 10**9)
     for messages in prompts:  # the file's tokenizer and chat template give the ids the run trained on
-        chat = [{"role": m["role"], "content": f"{m['content']}\n\n{m['input']}" if m.get("input") else m["content"]}
-                for m in messages]
+        chat = [{"role": m["role"], "content": user_text(m)} for m in messages]
         assert ours.encode_prompt(messages) == trained.encode_prompt(messages)
         assert gguf_tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False) == \
             trained.encode_prompt(messages)
