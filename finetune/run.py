@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from .recipe import RecipeError, recipe_to_dict
 from .recipe_file import load_recipe
@@ -25,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
                              "latest complete checkpoint, or from CHECKPOINT")
     parser.add_argument("--dry-run", action="store_true",
                         help="tokenize, audit labels and count trainable parameters, then exit without training")
-    args = parser.parse_args(argv)
+    # Flags anywhere: before, between or after the overrides.
+    args = parser.parse_intermixed_args(argv)
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume training.x=1`: argparse took the override as the checkpoint; it is an override.
+        args.overrides, args.resume = [*args.overrides, args.resume], True
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

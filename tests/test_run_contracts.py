@@ -162,3 +162,30 @@ def test_registered_template_and_family_are_used_by_name(tiny_llama, alpaca_file
 
     assert json.loads((result.output_dir / "template.json").read_text())["name"] == "qa_test"
     assert isinstance(get_family("llama_test"), Family)
+
+
+@pytest.mark.parametrize("argv, dry_run, resume", [
+    (["--dry-run", "training.learning_rate=1e-4"], True, False),
+    (["training.learning_rate=1e-4", "--dry-run"], True, False),
+    (["--resume", "training.learning_rate=1e-4"], False, True),
+    (["training.learning_rate=1e-4", "--resume"], False, True),
+])
+def test_flags_go_anywhere_on_the_command_line(argv, dry_run, resume, monkeypatch, tmp_path):
+    """``python -m finetune.run R.py --dry-run training.x=1`` was rejected by argparse, and ``--resume training.x=1``
+    took the override for a checkpoint path."""
+    import finetune.train
+    from finetune import run
+
+    seen = {}
+
+    def fake_train(recipe, dry_run=False, resume=False):
+        seen.update(recipe=recipe, dry_run=dry_run, resume=resume)
+        return finetune.train.RunResult(None)
+
+    monkeypatch.setattr(finetune.train, "train", fake_train)
+    recipe_file = tmp_path / "r.py"
+    recipe_file.write_text("from finetune import DataSpec, Recipe\n"
+                           "recipe = Recipe(name='r', data=DataSpec(train='x'))\n")
+    assert run.main([str(recipe_file), *argv]) == 0
+    assert seen["recipe"].training.learning_rate == 1e-4
+    assert (seen["dry_run"], seen["resume"]) == (dry_run, resume)
