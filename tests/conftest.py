@@ -53,16 +53,25 @@ def _save_tiny(folder: Path, config, tokenizer) -> Path:
     return folder
 
 
+def _llama_config(tokenizer, tie_word_embeddings: bool):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       tie_word_embeddings=tie_word_embeddings)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, tokenizer) -> Path:
     """A 2-layer random Llama (4 heads, 2 kv heads; sizes multiples of 32) with SmolLM2's vocabulary."""
-    from transformers import LlamaConfig
+    return _save_tiny(tmp_path_factory.mktemp("tiny_llama"), _llama_config(tokenizer, True), tokenizer)
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=True)
-    return _save_tiny(tmp_path_factory.mktemp("tiny_llama"), config, tokenizer)
+
+@pytest.fixture(scope="session")
+def untied_llama(tmp_path_factory, tokenizer) -> Path:
+    """The same Llama with its own LM head (not tied to the embeddings): the head DDP could trip over."""
+    return _save_tiny(tmp_path_factory.mktemp("untied_llama"), _llama_config(tokenizer, False), tokenizer)
 
 
 @pytest.fixture(scope="session")

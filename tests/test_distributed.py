@@ -24,22 +24,6 @@ DRIVER = ROOT / "tests" / "dist_driver.py"
 WEIGHTS = ("adapter_model.safetensors", "prefix_encoder.safetensors", "model.safetensors")
 
 
-@pytest.fixture(scope="module")
-def untied_llama(tmp_path_factory, tokenizer) -> Path:
-    """The tiny Llama with its own LM head (not tied to the embeddings): the head DDP could trip over."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=False)
-    folder = tmp_path_factory.mktemp("untied_llama")
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def four_examples(folder: Path) -> Path:
     """Four examples with different numbers of supervised tokens: one global batch of 4 either way."""
     return write_jsonl(folder / "four.jsonl", [

@@ -95,7 +95,9 @@ def content_hash(paths) -> str:
     return digest.hexdigest()
 
 
-class JsonSource(Source):
+class _FileSource(Source):
+    """A single local file: it must exist, and its content is its fingerprint."""
+
     def __init__(self, path: Path):
         self.path, self.name = path, str(path)
         if not path.is_file():
@@ -104,6 +106,8 @@ class JsonSource(Source):
     def fingerprint(self) -> str:
         return content_hash([self.path])
 
+
+class JsonSource(_FileSource):
     def chunks(self, size: int) -> Iterator[Chunk]:
         empty = True
         for kind, numbers, items in json_chunks(self.path, size):
@@ -129,35 +133,22 @@ class _TableSource(Source):
                             "corrupt or truncated.") from None
 
 
-class ParquetSource(_TableSource):
+class ParquetSource(_FileSource, _TableSource):
     def __init__(self, path: Path):
         import pyarrow.parquet as pq
 
-        self.path, self.name = path, str(path)
-        if not path.is_file():
-            raise DataError(f"{path}: data file not found; check the recipe's data.train / data.eval path.")
+        super().__init__(path)
         try:
             self.file = pq.ParquetFile(path)
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: not a readable Parquet file ({_first_line(err)}).") from None
 
-    def fingerprint(self) -> str:
-        return content_hash([self.path])
-
     def chunks(self, size: int) -> Iterator[Chunk]:
         return self._table_chunks(self.file.iter_batches(batch_size=size), self.file.schema_arrow)
 
 
-class CsvSource(_TableSource):
+class CsvSource(_FileSource, _TableSource):
     """CSV read by ``pyarrow.csv`` in blocks, every column as text (a numeric-looking answer stays a string)."""
-
-    def __init__(self, path: Path):
-        self.path, self.name = path, str(path)
-        if not path.is_file():
-            raise DataError(f"{path}: data file not found; check the recipe's data.train / data.eval path.")
-
-    def fingerprint(self) -> str:
-        return content_hash([self.path])
 
     def chunks(self, size: int) -> Iterator[Chunk]:
         import pyarrow as pa
