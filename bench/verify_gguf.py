@@ -63,7 +63,7 @@ def _pytorch_answers(run_dir: Path, data: str | None, limit: int):
     from finetune.generate import generate, prompt_messages
     from finetune.inference import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, dtype="float32")  # the reference: the trained weights unrounded (bf16 flips near-ties)
     recipe = run.recipe
     held_out = ROOT / (data or recipe.data.eval or recipe.data.train)
     conversations = read_examples(held_out, recipe.data.format, system=recipe.data.system).conversations

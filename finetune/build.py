@@ -19,7 +19,7 @@ from .generation_eval import GenerationEval
 from .methods import apply_method, get_method
 from .models import ResolvedModel, load_config, load_model
 from .precision import resolve_dtype, upcast_trainable, weights_dtype
-from .recipe import ModelSpec, Recipe, TrainingSpec, resolved_batching
+from .recipe import ModelSpec, Recipe, RecipeError, TrainingSpec, resolved_batching
 from .tracking import tokens_seen_mode, training_report_to
 
 __all__ = ["build_trainer", "make_collator", "method_model", "run_arguments", "skeleton", "training_arguments"]
@@ -73,7 +73,11 @@ def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "pa
     accepted = {f.name for f in dataclasses.fields(TrainingArguments)}
     kwargs = {k: v for k, v in {**defaults, **fields, **spec.extra}.items() if k in accepted}
     kwargs["report_to"] = training_report_to(spec.report_to)  # W&B and TensorBoard come as tracking callbacks
-    return TrainingArguments(output_dir=str(output_dir), **kwargs)
+    try:
+        return TrainingArguments(output_dir=str(output_dir), **kwargs)
+    except (ValueError, TypeError) as err:  # an unknown lr_scheduler_type, optim, strategy ...: before any compute
+        reason = " ".join(str(err).split())
+        raise RecipeError(f"transformers.TrainingArguments refused the training settings: {reason}") from None
 
 
 def run_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
@@ -94,14 +98,19 @@ def run_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
     return training_arguments(recipe.training, output_dir, resolved_batching(recipe), resolve_dtype(recipe.model.dtype))
 
 
-def build_trainer(recipe: Recipe, resolved: ResolvedModel, model, data, args: TrainingArguments, callbacks: list):
+def build_trainer(recipe: Recipe, resolved: ResolvedModel, model, data, args: TrainingArguments, callbacks: list,
+                  record: Optional[dict] = None):
     """The method's trainer over ``data`` (an ``SFTData``), with generation metrics at each evaluation when
-    ``eval.generate`` asks for them."""
+    ``eval.generate`` asks for them.
+
+    Args:
+        record: what the run's ``recipe.json`` says when not just ``recipe`` (a resumed run's history).
+    """
     output_dir = Path(args.output_dir)
     return get_method(recipe.method.name).trainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
         data_collator=make_collator(resolved_batching(recipe), resolved.tokenizer, recipe.model.attn_implementation),
-        processing_class=resolved.tokenizer, template=resolved.template, recipe=recipe, callbacks=callbacks,
+        processing_class=resolved.tokenizer, template=resolved.template, recipe=record or recipe, callbacks=callbacks,
         generation_eval=_generation_eval(recipe, data.eval, output_dir))
 
 

@@ -15,6 +15,7 @@ from typing import Optional
 from transformers import TextStreamer
 
 from .data.tokenize import Encoder
+from .errors import add_verbose_flag, guarded
 from .generate import generate
 from .inference import load_run
 from .methods.ptuning import PrefixModel
@@ -110,13 +111,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--top-p", type=float, default=0.7)
     parser.add_argument("--temperature", type=float, default=0.95)
-    args = parser.parse_args(argv)
+    add_verbose_flag(parser)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    try:
-        run = load_run(args.run_dir, base=args.base)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return guarded(lambda: _chat(args), args.verbose)
+
+
+def _chat(args: argparse.Namespace) -> int:
+    run = load_run(args.run_dir, base=args.base)
     sampling = {"do_sample": True, "top_p": args.top_p, "temperature": args.temperature} if args.do_sample else {}
     chat = Chat(run.model, run.tokenizer, run.template, args.system, args.max_new_tokens, **sampling)
     if args.prompt is not None:

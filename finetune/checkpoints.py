@@ -16,8 +16,9 @@ from typing import Optional
 
 from transformers import TrainerCallback
 
-__all__ = ["GracefulStop", "MarkComplete", "latest_checkpoint", "latest_run_dir", "run_folder", "write_best",
-           "COMPLETE"]
+from .errors import CorruptFileError, check_safetensors
+
+__all__ = ["GracefulStop", "MarkComplete", "latest_checkpoint", "latest_run_dir", "write_best", "COMPLETE"]
 
 logger = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
@@ -87,47 +88,30 @@ class MarkComplete(TrainerCallback):
 
 
 def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
-    """The newest checkpoint of ``run_dir`` that finished saving (incomplete ones are skipped, with a warning)."""
+    """The newest checkpoint of ``run_dir`` that finished saving and whose weights are whole (others are skipped,
+    with a warning: a marked checkpoint can still be damaged later, by a copy cut short)."""
     folders = sorted((p for p in Path(run_dir).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
                      key=lambda p: int(p.name.split("-")[1]), reverse=True)
     for folder in folders:
-        if (folder / COMPLETE).exists():
-            return folder
-        logger.warning("Skipping %s: it was not completely written (interrupted while saving?).", folder)
+        if not (folder / COMPLETE).exists():
+            logger.warning("Skipping %s: it was not completely written (interrupted while saving?).", folder)
+            continue
+        try:
+            for weights in folder.glob("*.safetensors"):
+                check_safetensors(weights)
+        except CorruptFileError as err:
+            logger.warning("Skipping %s: %s", folder, err)
+            continue
+        return folder
     return None
 
 
 def latest_run_dir(name: str, root: str | Path = "runs") -> Optional[Path]:
-    """The most recent ``runs/<name>-<timestamp>`` folder."""
-    runs = sorted(Path(root).glob(f"{name}-*"), key=lambda p: p.name)
-    return runs[-1] if runs else None
-
-
-def run_folder(name: str, output_dir: str, resume: bool | str) -> tuple[Path, Optional[Path]]:
-    """The run folder, and the checkpoint to resume from (None for a fresh run).
-
-    Args:
-        name: the recipe's name (``runs/<name>-<timestamp>`` when ``output_dir`` is empty).
-        output_dir: ``training.output_dir``.
-        resume: ``False``, ``True`` (the latest complete checkpoint) or a checkpoint folder.
-
-    Raises:
-        FileNotFoundError: ``resume`` names no complete checkpoint, or finds none.
-    """
-    if resume and not isinstance(resume, bool):
-        checkpoint = Path(resume)
-        if not (checkpoint / COMPLETE).exists():
-            raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint folder (no {COMPLETE} marker).")
-        return checkpoint.parent, checkpoint
-    if not resume:
-        return Path(output_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"), None
-    run_dir = Path(output_dir) if output_dir else latest_run_dir(name)
-    checkpoint = latest_checkpoint(run_dir) if run_dir else None
-    if checkpoint is None:
-        raise FileNotFoundError(f"--resume: no complete checkpoint in {run_dir or f'runs/{name}-*'}; set "
-                                "training.save_strategy=steps to write checkpoints, or start a fresh run.")
-    logger.info("Resuming from %s", checkpoint)
-    return run_dir, checkpoint
+    """The most recent ``runs/<name>-<timestamp>[-n]`` folder (``-n``: a later run started in the same second)."""
+    pattern = re.compile(re.escape(name) + r"-(\d{8}-\d{6})(?:-(\d+))?")
+    runs = [(match.group(1), int(match.group(2) or 1), p) for p in Path(root).glob(f"{name}-*")
+            if (match := pattern.fullmatch(p.name))]
+    return max(runs)[2] if runs else None
 
 
 def write_best(trainer, output_dir: Path) -> None:

@@ -18,7 +18,8 @@ from typing import Mapping, Optional, Sequence
 from transformers import set_seed
 
 from .conversation import drop_none, plain_messages, prompt_messages, user_text
-from .data import DataError, build_datasets, read_examples
+from .data import build_datasets, read_examples
+from .errors import UsageError, add_verbose_flag, guarded
 from .generate import generate
 from .inference import load_run
 from .metrics import compute_scores, detect_language
@@ -52,9 +53,9 @@ def eval_conversations(recipe, tokenizer, template, data: Optional[str] = None,
         built = build_datasets(spec, tokenizer, template, recipe.model.max_length, recipe.training.seed)
         conversations = [plain_messages(c) for c in built.eval["messages"]]
     else:
-        raise ValueError("the recipe has neither data.eval nor data.eval_split; pass --data FILE")
+        raise UsageError("the recipe has neither data.eval nor data.eval_split; pass --data FILE")
     if any(not any(m["role"] == "user" for m in c) for c in conversations):
-        raise ValueError("some examples have no user turn (format 'text'?): there is no prompt to answer; "
+        raise UsageError("some examples have no user turn (format 'text'?): there is no prompt to answer; "
                          "pass --data FILE with prompt/answer examples")
     return conversations
 
@@ -74,7 +75,7 @@ def evaluate_model(model, tokenizer, template, conversations: Sequence[list[dict
         ValueError: no conversations, or (verbalizer) an answer that is not a label.
     """
     if not conversations:
-        raise ValueError("no examples to evaluate")
+        raise UsageError("no examples to evaluate")
     if verbalizer:
         result = verbalizer_accuracy(model, tokenizer, template, conversations, verbalizer, normalize)
         rows = [{"prompt": user_text(prompt_messages(c)[0][-1]), **p}
@@ -264,20 +265,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--top-p", type=float, default=0.7)
     parser.add_argument("--temperature", type=float, default=0.95)
-    args = parser.parse_args(argv)
+    add_verbose_flag(parser)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    return guarded(lambda: _evaluate(args), args.verbose)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     sampling = {"do_sample": True, "top_p": args.top_p, "temperature": args.temperature} if args.do_sample else {}
-    try:
-        verbalizer = json.loads(Path(args.verbalizer).read_text(encoding="utf-8")) if args.verbalizer else None
-        report = evaluate_run(args.run_dir, args.data, args.baseline, fmt=args.fmt, max_new_tokens=args.max_new_tokens,
-                              batch_size=args.batch_size, limit=args.limit, language=args.language,
-                              verbalizer=verbalizer, normalize=args.length_normalize, out=args.out, **sampling)
-    except (FileNotFoundError, DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    verbalizer = _read_verbalizer(args.verbalizer) if args.verbalizer else None
+    report = evaluate_run(args.run_dir, args.data, args.baseline, fmt=args.fmt, max_new_tokens=args.max_new_tokens,
+                          batch_size=args.batch_size, limit=args.limit, language=args.language,
+                          verbalizer=verbalizer, normalize=args.length_normalize, out=args.out, **sampling)
     print(f"{report['examples']} examples from {report['data']}")
     print(format_table(report))
     return 0
+
+
+def _read_verbalizer(path: str) -> dict:
+    try:
+        verbalizer = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise UsageError(f"--verbalizer {path}: not JSON ({err}); expected {{\"label\": \"word\", ...}}.") from None
+    if not isinstance(verbalizer, dict):
+        raise UsageError(f"--verbalizer {path}: expected a JSON object {{\"label\": \"word\", ...}}.")
+    return verbalizer
 
 
 if __name__ == "__main__":

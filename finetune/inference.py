@@ -2,10 +2,13 @@
 template."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
+from .errors import check_safetensors
 from .methods import get_method
 from .models import Family, load_model, resolve_model
 from .recipe import Recipe, recipe_from_dict
@@ -28,21 +31,27 @@ class LoadedRun:
     family: Family
 
 
-def load_run(run_dir: str | Path, base: bool = False) -> LoadedRun:
+def load_run(run_dir: str | Path, base: bool = False, dtype: Optional[str] = None) -> LoadedRun:
     """Load a run folder written by ``finetune.run``.
 
     Args:
         run_dir: the run folder (or one of its ``checkpoint-N`` folders).
         base: load the untrained base model instead (same tokenizer and template), for baselines.
+        dtype: the base weights' dtype when not the recipe's ``model.dtype`` (``float32`` for a reference).
 
     Raises:
         FileNotFoundError: when the folder lacks ``recipe.json`` / ``template.json`` (not a finetune run).
+        CorruptFileError: a weights file of the run is damaged.
     """
     run_dir = Path(run_dir)
     for name in ("recipe.json", "template.json"):
         if not (run_dir / name).exists():
             raise FileNotFoundError(f"{run_dir} has no {name}: not a finetune run folder (or an incomplete one).")
+    for weights in sorted(run_dir.glob("*.safetensors")):  # a truncated copy names itself, not a SafetensorError
+        check_safetensors(weights)
     recipe = recipe_from_dict(json.loads((run_dir / "recipe.json").read_text()))
+    if dtype:
+        recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, dtype=dtype))
     template = template_from_dict(json.loads((run_dir / "template.json").read_text()))
     resolved = resolve_model(recipe.model, template, tokenizer_from=run_dir, check_window=False)
     method = get_method(recipe.method.name)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import UsageError, add_verbose_flag, guarded
 from .inference import load_run
 from .methods import get_method
 from .models import load_model
@@ -40,9 +41,11 @@ def merge_run(run_dir: str | Path, out: str | Path, dtype: str | None = None) ->
     from peft import PeftModel
 
     run_dir, out = Path(run_dir), Path(out)
-    trained = load_run(run_dir)  # exactly what was trained: adapter over the (possibly 4-bit) base
+    # Exactly what was trained: the adapter over the (possibly 4-bit) base; in ``dtype`` when the merge is made in
+    # it, so the probe below measures the merge, not bf16 rounding of the reference (1.2 logits on SmolLM2).
+    trained = load_run(run_dir, dtype=dtype)
     if not get_method(trained.recipe.method.name).merges:
-        raise ValueError(f"{run_dir}: only LoRA/QLoRA runs can be merged (this one used {trained.recipe.method.name}).")
+        raise UsageError(f"{run_dir}: only LoRA/QLoRA runs can be merged (this one used {trained.recipe.method.name}).")
     spec = trained.recipe.model
     dtype_spec = spec if spec.quantization is None else _with_dtype(spec, spec.quantization.compute_dtype)
     if dtype is not None:
@@ -80,8 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune.merge", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a LoRA or QLoRA run folder")
     parser.add_argument("out", help="where to write the merged model")
-    args = parser.parse_args(argv)
+    add_verbose_flag(parser)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    return guarded(lambda: _merge(args), args.verbose)
+
+
+def _merge(args: argparse.Namespace) -> int:
     report = merge_run(args.run_dir, args.out)
     kind = "QLoRA (dequantised base)" if report["quantized_base"] else "LoRA"
     print(f"Merged {kind} run into {args.out}: max |logit diff| {report['max_abs_logit_diff']:.3g}, mean "

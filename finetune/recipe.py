@@ -13,17 +13,19 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
+from .errors import UserError
+
 __all__ = [
     "ModelSpec", "QuantSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec",
     "EvalSpec", "Recipe",
-    "RecipeError", "recipe_to_dict", "recipe_from_dict", "resolved_batching", "register_method_spec",
+    "RecipeError", "check_types", "recipe_to_dict", "recipe_from_dict", "resolved_batching", "register_method_spec",
 ]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DATA_FORMATS = ("alpaca", "adgen", "sharegpt", "firefly", "messages", "text", "prompt_completion")
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe field or override is wrong; the message names the field and says what to do."""
 
 
@@ -42,6 +44,7 @@ class QuantSpec:
     """float16 compute with a 4-bit base overflows (loss 0 or NaN) in practice; refused unless set."""
 
     def __post_init__(self):
+        check_types(self)
         _check_choice("model.quantization.quant_type", self.quant_type, ("nf4", "fp4"))
         _check_choice("model.quantization.compute_dtype", self.compute_dtype, DTYPES)
         if self.compute_dtype == "float16" and not self.allow_float16:
@@ -79,6 +82,7 @@ class ModelSpec:
     """Accept ``.bin`` (pickle) weights. Off by default: only safetensors load; pickles can run code."""
 
     def __post_init__(self):
+        check_types(self)
         _check_choice("model.dtype", self.dtype, DTYPES)
         if self.max_length < 8:
             raise RecipeError(f"model.max_length={self.max_length} is too small; use at least 8 tokens.")
@@ -139,6 +143,7 @@ class DataSpec:
     model.attn_implementation names a kernel that cannot share its prefix between packed examples: then padded)."""
 
     def __post_init__(self):
+        check_types(self)
         _check_choice("data.format", self.format, DATA_FORMATS)
         _check_choice("data.batching", self.batching, ("auto", "padded", "padding_free", "group_by_length"))
         _check_choice("data.overlong", self.overlong, ("truncate", "drop", "error"))
@@ -174,6 +179,7 @@ class LoraSpec:
     peft's layer with fewer (tokens x features) temporaries; ``false`` keeps peft's layer as it is."""
 
     def __post_init__(self):
+        check_types(self)
         if self.r <= 0:
             raise RecipeError(f"method.r={self.r} must be positive.")
 
@@ -207,6 +213,7 @@ class PTuningSpec:
     """Dropout on the prefix keys/values (ChatGLM2 uses 0.1)."""
 
     def __post_init__(self):
+        check_types(self)
         if self.pre_seq_len <= 0:
             raise RecipeError(f"method.pre_seq_len={self.pre_seq_len} must be positive.")
 
@@ -266,8 +273,14 @@ class TrainingSpec:
     """Further ``TrainingArguments`` fields, passed through unchanged."""
 
     def __post_init__(self):
-        if self.learning_rate <= 0:
-            raise RecipeError(f"training.learning_rate={self.learning_rate} must be positive.")
+        check_types(self)
+        if not 0 < self.learning_rate <= 1e30:
+            raise RecipeError(f"training.learning_rate={self.learning_rate:g} must be positive and at most 1e30 (the "
+                              "optimizer's float32 update overflows near 1e37, and a run diverges long before); "
+                              "fine-tuning rates are 1e-6 to 1e-3.")
+        if self.max_steps == 0 or (self.max_steps < 0 and self.num_train_epochs <= 0):
+            raise RecipeError(f"training.num_train_epochs={self.num_train_epochs:g} with training.max_steps="
+                              f"{self.max_steps} trains nothing: set num_train_epochs > 0, or max_steps > 0.")
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise RecipeError("training batch size and gradient_accumulation_steps must be >= 1.")
         if not 0.0 <= self.label_smoothing_factor < 1.0:
@@ -299,6 +312,7 @@ class EvalSpec:
     temperature: float = 0.95
 
     def __post_init__(self):
+        check_types(self)
         if self.samples < 0 or self.generate_limit < 0 or self.max_new_tokens < 1:
             raise RecipeError("eval.samples and eval.generate_limit must be >= 0 and eval.max_new_tokens >= 1.")
 
@@ -379,6 +393,30 @@ def _parse_columns(raw: str) -> dict:
         raise RecipeError(f"data.columns={raw!r}: expected field=column pairs, e.g. "
                           "data.columns=instruction=question,output=answer")
     return {k.strip(): v.strip() for k, v in parsed.items()}
+
+
+_SECTIONS = {"QuantSpec": "model.quantization", "ModelSpec": "model", "DataSpec": "data", "TrainingSpec": "training",
+             "EvalSpec": "eval"}
+_SIMPLE = {int: (int,), float: (int, float), str: (str,), bool: (bool,), type(None): (type(None),)}
+
+
+def check_types(spec) -> None:
+    """Each field of ``spec`` holds its annotated type, where that is a plain ``int``, ``float``, ``str``, ``bool``
+    or an optional one. A recipe file is Python, so nothing else stops ``ModelSpec(max_length="64")``, which would
+    fail later as a bare ``TypeError`` far from the line that caused it."""
+    hints = typing.get_type_hints(type(spec))
+    for f in dataclasses.fields(spec):
+        hint = hints.get(f.name)
+        options = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+        if not all(option in _SIMPLE for option in options):
+            continue  # containers, nested specs, Any: checked where they are used
+        value = getattr(spec, f.name)
+        allowed = tuple(t for option in options for t in _SIMPLE[option])
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in options):
+            section = _SECTIONS.get(type(spec).__name__, "method")
+            names = " or ".join("None" if o is type(None) else o.__name__ for o in options)
+            raise RecipeError(f"{section}.{f.name}={value!r} must be {names}"
+                              f"{' (no quotes)' if isinstance(value, str) else ''}.")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

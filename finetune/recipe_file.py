@@ -5,6 +5,7 @@ Below every command line (``finetune.run``, ``finetune.data stats --recipe``), s
 from __future__ import annotations
 
 import runpy
+import traceback
 from pathlib import Path
 
 from .overrides import apply_overrides
@@ -19,13 +20,27 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     The file is Python: only run recipe files you trust.
 
     Raises:
-        RecipeError: when the file is missing or defines no ``Recipe`` named ``recipe``.
+        RecipeError: when the file is missing, raises (the message gives its line), or defines no ``Recipe``
+            named ``recipe``.
     """
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"Recipe file {path} not found; recipes live in recipes/, e.g. recipes/smollm2_lora.py")
-    namespace = runpy.run_path(str(path))
+    try:
+        namespace = runpy.run_path(str(path))
+    except RecipeError as err:
+        raise RecipeError(f"{path}:{_line_in(path, err)}: {err}") from None
+    except SyntaxError as err:
+        raise RecipeError(f"{path}:{err.lineno}: {err.msg}; the recipe file is not valid Python.") from None
+    except Exception as err:  # noqa: BLE001 - anything a recipe file's own code raises is the user's to fix
+        raise RecipeError(f"{path}:{_line_in(path, err)}: {type(err).__name__}: {err}") from None
     recipe = namespace.get("recipe")
     if not isinstance(recipe, Recipe):
         raise RecipeError(f"{path} must define `recipe = Recipe(...)` at module level (found {type(recipe).__name__}).")
     return apply_overrides(recipe, list(overrides))
+
+
+def _line_in(path: Path, err: BaseException) -> str:
+    """The line of the recipe file the error came from (its last frame in that file)."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+    return str(frames[-1].lineno) if frames else "?"

@@ -11,7 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .recipe import RecipeError, recipe_to_dict
+from .errors import EXIT_INTERRUPTED, add_verbose_flag, guarded
+from .recipe import recipe_to_dict
 from .recipe_file import load_recipe
 
 __all__ = ["load_recipe", "main"]
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="continue the run in training.output_dir (default: the newest runs/<name>-*) from its "
                              "latest complete checkpoint, or from CHECKPOINT")
     parser.add_argument("--dry-run", action="store_true",
-                        help="tokenize, audit labels and count trainable parameters, then exit without training")
+                        help="check the model, the data, the settings and the output folder, tokenize, audit labels "
+                             "and count trainable parameters, then exit without training")
+    add_verbose_flag(parser)
     # Flags anywhere: before, between or after the overrides.
     args = parser.parse_intermixed_args(argv)
     if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
@@ -34,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except RecipeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return guarded(lambda: _run(args), args.verbose)
+
+
+def _run(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
     print("Resolved recipe:\n" + json.dumps(recipe_to_dict(recipe), indent=2, ensure_ascii=False))
     from .train import train  # heavy imports only after the recipe is known to be valid
 
@@ -47,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second SIGINT/SIGTERM (finetune.checkpoints.GracefulStop): stop now
         print("error: aborted by a second signal; checkpoints already written are kept (resume with --resume).",
               file=sys.stderr)
-        return 130
-    return 130 if result.interrupted else 0
+        return EXIT_INTERRUPTED
+    return EXIT_INTERRUPTED if result.interrupted else 0
 
 
 if __name__ == "__main__":

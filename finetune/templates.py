@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from .conversation import user_text
+from .errors import UsageError
 
 __all__ = ["Template", "TokenizerTemplate", "get_template", "register_template", "template_names", "Segment"]
 
@@ -115,7 +116,7 @@ class TokenizerTemplate:
 
     def render(self, messages: Sequence[dict], *, bos: str = "", eos: str = "", tokenizer: Any = None) -> list[Segment]:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("Template 'tokenizer' needs a tokenizer with a chat_template; pick a named template.")
+            raise UsageError("Template 'tokenizer' needs a tokenizer with a chat_template; pick a named template.")
         plain = [{"role": m["role"], "content": user_text(m)} for m in messages]
         segments: list[Segment] = []
         done = ""
@@ -160,7 +161,7 @@ def get_template(name: str):
         ValueError: for an unknown name, listing the known ones.
     """
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown template {name!r}; known templates: {', '.join(template_names())}.")
+        raise UsageError(f"Unknown template {name!r}; known templates: {', '.join(template_names())}.")
     return _REGISTRY[name]
 
 

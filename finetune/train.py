@@ -14,12 +14,13 @@ from typing import Optional
 from transformers import set_seed
 
 from .build import build_trainer, make_collator, method_model, run_arguments, skeleton, training_arguments
-from .checkpoints import GracefulStop, MarkComplete, run_folder, write_best
+from .checkpoints import GracefulStop, MarkComplete, write_best
 from .data import LabelAudit, build_datasets, show_example
 from .evaluate import BeforeAfter
 from .methods import count_parameters, get_method
 from .models import resolve_model
 from .recipe import Recipe
+from .run_folder import check_free_space, expected_bytes, open_run_folder, save_or_rescue
 from .tracking import finish_tracking, tracking_callbacks
 
 __all__ = ["train", "training_arguments", "make_collator", "RunResult"]
@@ -51,6 +52,12 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
     set_seed(recipe.training.seed)
     resolved = resolve_model(recipe.model, recipe.data.template)  # fails before any tokenizing
     logger.info("Model %s (family %s), template %s", resolved.path, resolved.family.name, resolved.template.name)
+    # Settings TrainingArguments refuses stop here, and the run folder is claimed and probed, before any compute.
+    # The arguments come first: under torchrun they start the process group the folder's name is shared over,
+    # and ZeRO-3 and FSDP load the model sharded only when they exist.
+    args = run_arguments(recipe, Path(recipe.training.output_dir or "runs"))
+    folder = open_run_folder(recipe, resume, dry_run)
+    args.output_dir, output_dir = str(folder.path), folder.path
 
     data = build_datasets(recipe.data, resolved.tokenizer, resolved.template, recipe.model.max_length,
                           recipe.training.seed)
@@ -64,33 +71,33 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
 
     if dry_run:
         trainable, total = count_parameters(skeleton(resolved.path, resolved.family, recipe.model, recipe.method))
-        logger.info("Dry run: %d train examples, %d tokens; trainable parameters %s of %s (%.3f%%)",
-                    audit.examples, audit.tokens, f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        logger.info("Dry run: %d train examples, %d tokens; trainable parameters %s of %s (%.3f%%); the run "
+                    "would write to %s", audit.examples, audit.tokens, f"{trainable:,}", f"{total:,}",
+                    100 * trainable / total, output_dir)
         return RunResult(None)
 
-    output_dir, checkpoint = run_folder(recipe.name, recipe.training.output_dir, resume)
-    args = run_arguments(recipe, output_dir)  # before the model: ZeRO-3 and FSDP load it sharded then
+    method = get_method(recipe.method.name)
     model = method_model(resolved.path, resolved.family, recipe.model, recipe.method)
     trainable, total = count_parameters(model)
     logger.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    check_free_space(output_dir, expected_bytes(model, args, whole_model=method.weights_in_run))
     stop, tracking = GracefulStop(), tracking_callbacks(recipe, audit, output_dir)
-    trainer = build_trainer(recipe, resolved, model, data, args, [stop, MarkComplete(), *tracking])
+    trainer = build_trainer(recipe, resolved, model, data, args, [stop, MarkComplete(), *tracking], folder.record)
     if trainer.is_world_process_zero():  # every file of the run folder is written by one process
-        output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2))
     held_out = None
     if data.eval is not None:
-        held_out = BeforeAfter(trainer, data.eval, recipe.eval, get_method(recipe.method.name).untrained)
+        held_out = BeforeAfter(trainer, data.eval, recipe.eval, method.untrained)
         held_out.measure_before()
 
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    trainer.train(resume_from_checkpoint=str(folder.checkpoint) if folder.checkpoint else None)
     if stop.received:
         _finish(trainer, tracking, output_dir)
         logger.warning("Stopped by %s at step %d; checkpoint saved in %s. Resume with:\n  python -m finetune.run "
                        "RECIPE training.output_dir=%s --resume", stop.received, trainer.state.global_step,
                        output_dir, output_dir)
         return RunResult(output_dir, interrupted=True)
-    trainer.save_model(str(output_dir))
+    save_or_rescue(trainer.save_model, output_dir)
     write_best(trainer, output_dir)
     result = RunResult(output_dir)
     if held_out is not None:

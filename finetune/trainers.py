@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 from transformers import Trainer
@@ -15,6 +15,7 @@ except ImportError:  # Python < 3.12
     from typing_extensions import override
 
 from .data.tokenize import IGNORE_INDEX
+from .divergence import DivergenceGuard
 from .loss import FinalHiddenStates, causal_lm_loss, chunked_linear_cross_entropy, fusable_causal_lm
 from .recipe import recipe_to_dict
 
@@ -24,12 +25,18 @@ logger = logging.getLogger(__name__)
 
 
 def write_run_files(output_dir: str | Path, template, recipe) -> None:
-    """Save the template and the resolved recipe beside the weights, so inference uses the training format."""
+    """Save the template and the resolved recipe beside the weights, so inference uses the training format.
+
+    Args:
+        recipe: a ``Recipe``, or the dict ``recipe.json`` should hold (a resumed run's: the recipe it started with
+            and what each resume changed, ``finetune.run_folder``).
+    """
     output_dir = Path(output_dir)
     if template is not None:
         (output_dir / "template.json").write_text(json.dumps(template.to_dict(), indent=2, ensure_ascii=False))
     if recipe is not None:
-        (output_dir / "recipe.json").write_text(json.dumps(recipe_to_dict(recipe), indent=2, ensure_ascii=False))
+        record = recipe if isinstance(recipe, Mapping) else recipe_to_dict(recipe)
+        (output_dir / "recipe.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
 
 
 class SFTTrainer(Trainer):
@@ -47,6 +54,7 @@ class SFTTrainer(Trainer):
     def __init__(self, *args, template=None, recipe=None, generation_eval=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.template, self.recipe, self.generation_eval = template, recipe, generation_eval
+        self.divergence = DivergenceGuard(self.args.learning_rate, fp16=self.args.fp16)
         if self.args.fsdp and not self.is_fsdp_enabled:
             logger.warning("training.fsdp is set, but accelerate did not enable FSDP (it never does on CPU: "
                            "accelerate/state.py sets DistributedType.FSDP only for GPU-like devices); this run is "
@@ -79,12 +87,18 @@ class SFTTrainer(Trainer):
             loss = causal_lm_loss(outputs.logits, targets[:, keep], smoothing, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is already global
-        if model.training and not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"Loss is {loss.item()} at step {self.state.global_step + 1} on the examples at lines "
-                f"{lines.tolist() if lines is not None else '?'} of the training file. Lower "
-                "training.learning_rate or max_grad_norm, check those examples, and prefer bf16/fp32 to fp16.")
+        if model.training:
+            self.divergence.add_loss(loss.item(), None if lines is None else lines.tolist())
         return (loss, outputs) if return_outputs else loss
+
+    @override
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The Trainer's gradient norm of each optimiser step, shown to the divergence guard before the optimiser
+        applies it (private in transformers 5, and the one place that norm exists every step;
+        ``tests/test_reliability.py`` fails if it stops being called)."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        self.divergence.step(self.state.global_step + 1, grad_norm)
+        return grad_norm
 
     @override
     def evaluate(self, *args, **kwargs):

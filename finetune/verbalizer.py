@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .conversation import prompt_messages
 from .data.tokenize import Encoder
+from .errors import UsageError
 
 __all__ = ["score_candidates", "verbalizer_accuracy"]
 
@@ -85,14 +86,14 @@ def verbalizer_accuracy(model, tokenizer, template, examples: Sequence[list[dict
             label nor a verbalizer word.
     """
     if not verbalizer:
-        raise ValueError("the verbalizer is empty; give at least two label -> word pairs")
+        raise UsageError("the verbalizer is empty; give at least two label -> word pairs")
     labels = list(verbalizer)
     by_word = {word.strip(): label for label, word in verbalizer.items()}
     encoder = Encoder(tokenizer, template, max_length=10**9)
     candidates = [tokenizer(verbalizer[label], add_special_tokens=False)["input_ids"] for label in labels]
     for label, ids in zip(labels, candidates):
         if not ids:
-            raise ValueError(f"verbalizer word for label {label!r} tokenizes to no tokens")
+            raise UsageError(f"verbalizer word for label {label!r} tokenizes to no tokens")
     was_training = model.training
     model.eval()
     predictions, gold, predicted, correct = [], Counter(), Counter(), Counter()
@@ -100,7 +101,7 @@ def verbalizer_accuracy(model, tokenizer, template, examples: Sequence[list[dict
         messages, answer = prompt_messages(conversation)
         label = answer.strip() if answer.strip() in verbalizer else by_word.get(answer.strip())
         if label is None:
-            raise ValueError(f"example {index}: answer {answer!r} is neither a verbalizer label {labels} nor one of "
+            raise UsageError(f"example {index}: answer {answer!r} is neither a verbalizer label {labels} nor one of "
                              "their words; is this classification data?")
         scores = score_candidates(model, encoder.encode_prompt(messages), candidates, normalize)
         choice = labels[max(range(len(labels)), key=scores.__getitem__)]

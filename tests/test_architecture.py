@@ -9,10 +9,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "finetune"
 
 # Bottom to top; README "Development" draws the same picture. A module belongs to the longest prefix listed.
 LAYERS = [
-    ("base", ["paths", "recipe", "overrides", "recipe_file", "precision", "positions", "conversation", "templates",
-              "metrics", "checkpoints"]),
+    ("base", ["errors", "paths", "recipe", "overrides", "recipe_file", "precision", "positions", "conversation",
+              "templates", "metrics", "checkpoints", "run_folder"]),
     ("models and data", ["models", "data", "attention", "loss", "collators"]),
-    ("training parts", ["trainers", "methods", "generate", "generation_eval", "tracking", "verbalizer", "report"]),
+    ("training parts", ["trainers", "divergence", "methods", "generate", "generation_eval", "tracking", "verbalizer",
+                        "report"]),
     ("workflows", ["build", "train", "inference", "evaluate", "merge", "chat", "convert", "export"]),
     ("command lines", ["run", "data.__main__"]),
 ]

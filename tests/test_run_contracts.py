@@ -18,6 +18,7 @@ from helpers import write_jsonl
 from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
 from finetune.checkpoints import COMPLETE, GracefulStop
 from finetune.data import build_datasets
+from finetune.errors import RunFolderError
 from finetune.models import Family, get_family, load_tokenizer, register_family, resolve_model
 from finetune.templates import Template, get_template, register_template
 from finetune.train import train
@@ -86,7 +87,7 @@ def test_resume_from_a_named_checkpoint_continues_in_its_run_folder(tiny_llama, 
     again = load_file(full.output_dir / "adapter_model.safetensors")
     for name, value in adapter.items():
         assert torch.allclose(value, again[name], atol=1e-6), name
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(RunFolderError, match="not a complete checkpoint"):
         train(recipe(tiny_llama, alpaca_file, tmp_path / "run"), resume=str(tmp_path / "run"))
 
 

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from ..recipe import RecipeError
+from ..errors import add_verbose_flag, guarded
 from .readers import DataError
 from .tools.convert import FORMATS
 
@@ -125,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None, help="recipe file whose model tokenizer and template count tokens")
     p.add_argument("--png", default=None, help="write a length histogram here")
     p.set_defaults(run=_stats)
+    for command in commands.choices.values():
+        add_verbose_flag(command)
     return parser
 
 
@@ -132,12 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one data tool; returns the exit status (2 for a data, recipe or argument error)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        args.run(args)
-    except (DataError, RecipeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return guarded(lambda: args.run(args) or 0, args.verbose)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ def _tokenized(spec: DataSpec, location: str, encoder: Encoder, skipped: Counter
     for reason, count in info["skipped"].items():
         skipped[prefix + reason] += count
     if not info["rows"]:
-        raise ValueError(f"{location}: no usable example ({info['skipped']}); check data.format={spec.format!r}.")
+        raise DataError(f"{location}: no usable example ({info['skipped']}); check data.format={spec.format!r}.")
     tokenized = datasets.Dataset.from_file(str(cache_file))
     tokenized = _apply_overlong_policy(tokenized, spec.overlong, location, encoder.max_length, skipped, prefix,
                                        info["unit"])
@@ -94,9 +95,9 @@ def _tokenized(spec: DataSpec, location: str, encoder: Encoder, skipped: Counter
     empty = info.get("unsupervised") if spec.overlong == "truncate" else None
     empty = _count_zero(tokenized) if empty is None else empty
     if empty == len(tokenized):
-        raise ValueError(f"{location}: every example has all labels masked (no supervised token). The prompts fill "
-                         f"model.max_length={encoder.max_length} or the answers are empty; raise max_length or "
-                         "check data.format and data.template.")
+        raise DataError(f"{location}: every example has all labels masked (no supervised token). The prompts fill "
+                        f"model.max_length={encoder.max_length} or the answers are empty; raise max_length or "
+                        "check data.format and data.template.")
     if empty:
         skipped[prefix + "no supervised token (prompt fills max_length)"] += empty
         tokenized = tokenized.filter(lambda n: n > 0, input_columns="num_supervised")
@@ -118,9 +119,14 @@ def _mixed(sources: tuple[str, ...], seed: int) -> Path:
         digest.update(Path(source.path).read_bytes())
     out = cache_dir("data") / f"mix-{digest.hexdigest()[:24]}.jsonl"
     if not out.exists():
-        staging = out.with_suffix(".tmp")
-        rows, _ = mix_files(parsed, staging, fmt="messages", seed=seed)
-        staging.rename(out)
+        # Staged per process and renamed into place (atomic): two runs or ranks mixing at once never write into
+        # one file, and whichever renames last leaves the same bytes.
+        staging = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        try:
+            rows, _ = mix_files(parsed, staging, fmt="messages", seed=seed)
+            os.replace(staging, out)
+        finally:
+            staging.unlink(missing_ok=True)
         logger.info("Mixed %s into %s", ", ".join(f"{r.name}: {r.taken}" for r in rows), out)
     return out
 

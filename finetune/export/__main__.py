@@ -5,6 +5,7 @@ import argparse
 import logging
 import sys
 
+from ..errors import add_verbose_flag, guarded
 from .checks import QUANT_TYPES, ExportRefused
 
 
@@ -14,19 +15,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="the GGUF file to write; NAME.Modelfile is written beside it")
     parser.add_argument("--quant", default="f16", metavar="TYPE",
                         help=f"type of the weight matrices: {', '.join(QUANT_TYPES)} (default f16)")
-    args = parser.parse_args(argv)
+    add_verbose_flag(parser)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     # Reading a recipe imports peft, whose bitsandbytes import warns about an optional CPU kernel: noise here.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from .pipeline import export_run
 
-    try:
-        report = export_run(args.run_dir, args.out, args.quant)
-    except (ExportRefused, FileNotFoundError) as reason:  # FileNotFoundError: also a missing base model
-        print(f"finetune.export: cannot export {args.run_dir}: {reason}", file=sys.stderr)
-        return 2
-    _print_report(args, report)
-    return 0
+    def export() -> int:
+        try:
+            _print_report(args, export_run(args.run_dir, args.out, args.quant))
+        except ExportRefused as reason:
+            raise ExportRefused(f"cannot export {args.run_dir}: {reason}") from None
+        return 0
+
+    return guarded(export, args.verbose)
 
 
 def _print_report(args, report: dict) -> None:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import gguf
 
+from ..errors import UserError
+
 __all__ = ["ExportRefused", "QUANT_TYPES", "quant_type", "check_exportable"]
 
 
-class ExportRefused(ValueError):
+class ExportRefused(UserError, ValueError):
     """The run or the option cannot become a working GGUF file; the message says why and what to do."""
 
 

@@ -5,6 +5,7 @@ one module, registered here with one line. Nothing else in the framework branche
 """
 from __future__ import annotations
 
+from ..errors import UsageError
 from ..recipe import register_method_spec
 from .full import FULL
 from .lora import LORA
@@ -26,7 +27,7 @@ def register_method(method: Method) -> None:
 
 def get_method(name: str) -> Method:
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown method {name!r}; known methods: {', '.join(method_names())}.")
+        raise UsageError(f"Unknown method {name!r}; known methods: {', '.join(method_names())}.")
     return _REGISTRY[name]
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UsageError
+
 __all__ = ["read_prefix", "write_prefix", "export_official", "OFFICIAL_PREFIX", "PREFIX_WEIGHTS", "PREFIX_CONFIG"]
 
 PREFIX_WEIGHTS = "prefix_encoder.safetensors"
@@ -48,7 +50,7 @@ def read_prefix(directory: str | Path, base_config=None) -> tuple[dict, dict]:
     raw = torch.load(official, map_location="cpu", weights_only=True)
     state = {k[len(OFFICIAL_PREFIX):]: v for k, v in raw.items() if k.startswith(OFFICIAL_PREFIX)}
     if "embedding.weight" not in state:
-        raise ValueError(f"{official}: no {OFFICIAL_PREFIX}embedding.weight key; is it a P-Tuning checkpoint?")
+        raise UsageError(f"{official}: no {OFFICIAL_PREFIX}embedding.weight key; is it a P-Tuning checkpoint?")
     if base_config is None:
         raise ValueError("Reading an official ChatGLM2 prefix needs the base model's config for its shape.")
     heads = base_config.num_attention_heads
@@ -56,7 +58,7 @@ def read_prefix(directory: str | Path, base_config=None) -> tuple[dict, dict]:
     kv_heads = getattr(base_config, "num_key_value_heads", None) or heads
     pre_seq_len, kv_size = state["embedding.weight"].shape
     if kv_size != base_config.num_hidden_layers * 2 * kv_heads * head_dim:
-        raise ValueError(f"{official}: prefix width {kv_size} does not match the base model "
+        raise UsageError(f"{official}: prefix width {kv_size} does not match the base model "
                          f"({base_config.num_hidden_layers} layers x 2 x {kv_heads} kv heads x {head_dim}).")
     projection = "trans.0.weight" in state
     config = {"pre_seq_len": pre_seq_len, "num_layers": base_config.num_hidden_layers, "kv_heads": kv_heads,

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import GlmConfig, GlmForCausalLM
 
+from ..errors import UsageError, UserError
 from ..positions import chatglm2_position_ids  # re-exported: part of the port's API
 from .chatglm2_tokenizer import ChatGLM2Tokenizer, is_chatglm2_tokenizer_folder, load_chatglm2_tokenizer
 
@@ -45,7 +46,7 @@ _REQUIRED = {"rmsnorm": True, "add_bias_linear": False, "apply_residual_connecti
              "post_layer_norm": True}
 
 
-class CheckpointKeyError(KeyError):
+class CheckpointKeyError(UserError, KeyError):
     """The checkpoint's weight names do not match the architecture its config describes."""
 
     def __str__(self) -> str:  # KeyError would print the message with quotes around it
@@ -76,11 +77,11 @@ def convert_config(cfg: dict) -> GlmConfig:
         ValueError: for quantized checkpoints or architecture switches that ``GlmForCausalLM`` cannot express.
     """
     if cfg.get("quantization_bit"):
-        raise ValueError(f"ChatGLM2 checkpoints quantized by its remote code (quantization_bit="
+        raise UsageError(f"ChatGLM2 checkpoints quantized by its remote code (quantization_bit="
                          f"{cfg['quantization_bit']}) cannot be converted; use the unquantized weights.")
     bad = {k: cfg[k] for k, v in _REQUIRED.items() if k in cfg and bool(cfg[k]) != v}
     if bad:
-        raise ValueError(f"GlmForCausalLM cannot represent these ChatGLM2 settings: {bad} (it needs {_REQUIRED}).")
+        raise UsageError(f"GlmForCausalLM cannot represent these ChatGLM2 settings: {bad} (it needs {_REQUIRED}).")
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("kv_channels") or cfg["hidden_size"] // heads
     kv_heads = cfg["multi_query_group_num"] if cfg.get("multi_query_attention") else heads
@@ -256,7 +257,7 @@ def save_converted(src: str | os.PathLike, dst: str | os.PathLike) -> list[str]:
         ValueError: when ``src`` is not a ChatGLM2 checkpoint.
     """
     if not is_chatglm2_checkpoint(src):
-        raise ValueError(f"{src} is not a ChatGLM2 checkpoint (config.json with model_type 'chatglm' and "
+        raise UsageError(f"{src} is not a ChatGLM2 checkpoint (config.json with model_type 'chatglm' and "
                          f"multi_query_group_num / padded_vocab_size).")
     config = convert_config(_read_config(src))
     sd = convert_state_dict(read_chatglm2_weights(src), config)

@@ -24,6 +24,8 @@ from pathlib import Path
 import sentencepiece as spm
 from transformers import AddedToken, PreTrainedTokenizer
 
+from ..errors import UsageError
+
 __all__ = ["ChatGLM2Tokenizer", "GLM_SPECIAL_TOKENS", "is_chatglm2_tokenizer_folder", "load_chatglm2_tokenizer"]
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class ChatGLM2Tokenizer(PreTrainedTokenizer):
         self.sp_model = spm.SentencePieceProcessor(model_file=self.vocab_file)
         for piece, expected in _SP_IDS.items():
             if self.sp_model.piece_to_id(piece) != expected:
-                raise ValueError(f"{vocab_file}: ChatGLM2 needs {piece!r} at id {expected}, the sentencepiece model "
+                raise UsageError(f"{vocab_file}: ChatGLM2 needs {piece!r} at id {expected}, the sentencepiece model "
                                  f"has it at {self.sp_model.piece_to_id(piece)}.")
         n = self.sp_model.get_piece_size()
         # The base class maps token strings through the added-token table first, so an ordinary piece spelled

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UsageError
+
 __all__ = ["Family", "register_family", "get_family", "detect_family", "family_names"]
 
 
@@ -38,7 +40,7 @@ def register_family(family: Family) -> None:
 
 def get_family(name: str) -> Family:
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown model family {name!r}; known families: {', '.join(family_names())}.")
+        raise UsageError(f"Unknown model family {name!r}; known families: {', '.join(family_names())}.")
     return _REGISTRY[name]
 
 
@@ -51,7 +53,7 @@ def detect_family(model_type: str) -> Family:
     for family in _REGISTRY.values():
         if model_type in family.model_types:
             return family
-    raise ValueError(f"No model family handles model_type {model_type!r}; set model.family to one of "
+    raise UsageError(f"No model family handles model_type {model_type!r}; set model.family to one of "
                      f"{', '.join(family_names())} or register a Family for it.")
 
 

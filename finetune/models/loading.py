@@ -10,18 +10,19 @@ from pathlib import Path
 import torch
 
 from ..attention import resolve_attention
+from ..errors import UsageError, UserError, check_safetensors
 from ..precision import resolve_dtype
 from ..recipe import ModelSpec
 from .embedded import embedded_model_path, is_embedded
 from .family import Family, detect_family, get_family
 
-__all__ = ["ModelNotFoundError", "resolve_model_path", "resolve_family", "load_tokenizer", "load_model",
-           "quantized_device", "load_config", "native_window", "check_context_window"]
+__all__ = ["ModelNotFoundError", "ModelWeightsError", "check_weights", "resolve_model_path", "resolve_family",
+           "load_tokenizer", "load_model", "quantized_device", "load_config", "native_window", "check_context_window"]
 
 logger = logging.getLogger(__name__)
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(UserError, FileNotFoundError):
     """The recipe's model is not on this machine; the message says how to get it."""
 
 
@@ -72,7 +73,7 @@ def load_tokenizer(path: Path, family: Family, trust_remote_code: bool = False):
         vocab = tokenizer.get_vocab()
         candidate = next((t for t in family.pad_candidates if t in vocab and vocab[t] != tokenizer.eos_token_id), None)
         if candidate is None:
-            raise ValueError(f"{path}: the tokenizer has no pad token distinct from EOS and none of "
+            raise UsageError(f"{path}: the tokenizer has no pad token distinct from EOS and none of "
                              f"{family.pad_candidates} exists; add a pad token to the tokenizer.")
         logger.info("Using %r as the pad token (was %r)", candidate, tokenizer.pad_token)
         tokenizer.pad_token = candidate
@@ -145,14 +146,34 @@ def _release_checkpoint_pages(model):
     return model
 
 
+class ModelWeightsError(UserError, ValueError):
+    """The model folder's weights are missing or in a format the recipe does not allow."""
+
+
 def _check_weights_format(path: Path, spec: ModelSpec) -> None:
     """Refuse pickle-only checkpoints unless the recipe opts in: unpickling can execute code."""
     if spec.allow_pickle or any(Path(path).glob("*.safetensors")):
         return
     if any(Path(path).glob("*.bin")):
-        raise ValueError(f"{path} holds only .bin (pickle) weights. Convert them to safetensors, or set "
-                         "model.allow_pickle=true if you trust the source (ChatGLM2 .bin files are then read with "
-                         "torch.load(weights_only=True)).")
+        raise ModelWeightsError(f"{path} holds only .bin (pickle) weights. Convert them to safetensors, or set "
+                                "model.allow_pickle=true if you trust the source (ChatGLM2 .bin files are then read "
+                                "with torch.load(weights_only=True)).")
+
+
+def check_weights(path: Path, spec: ModelSpec) -> None:
+    """What loading would find wrong with the folder's weights, found without loading them (``--dry-run`` and
+    the start of every run): pickle-only weights the recipe does not allow, no weights, a damaged safetensors file.
+
+    Raises:
+        ModelWeightsError: no usable weights. CorruptFileError: a safetensors file is cut short.
+    """
+    _check_weights_format(path, spec)
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files and not any(Path(path).glob("*.bin")):
+        raise ModelWeightsError(f"{path} (model.path) has no model weights: expected *.safetensors (or .bin) "
+                                "files beside config.json.")
+    for file in files:
+        check_safetensors(file)
 
 
 def _is_original_chatglm2(family: Family, raw: dict) -> bool:
@@ -190,13 +211,13 @@ def check_context_window(config, spec: ModelSpec) -> None:
     if window is None or spec.max_length <= window:
         return
     if not spec.rope_scaling:
-        raise ValueError(f"model.max_length={spec.max_length} exceeds the model's native window of {window} tokens; "
+        raise UsageError(f"model.max_length={spec.max_length} exceeds the model's native window of {window} tokens; "
                          f"lower it, or set model.rope_scaling=linear (or dynamic) with "
                          f"model.rope_factor>={spec.max_length / window:.2f}.")
     if getattr(config, "model_type", "") == "opt":
-        raise ValueError("OPT uses learned absolute positions: RoPE scaling cannot extend its window.")
+        raise UsageError("OPT uses learned absolute positions: RoPE scaling cannot extend its window.")
     if spec.max_length > window * spec.rope_factor:
-        raise ValueError(f"model.max_length={spec.max_length} exceeds native window {window} x rope_factor "
+        raise UsageError(f"model.max_length={spec.max_length} exceeds native window {window} x rope_factor "
                          f"{spec.rope_factor}; raise model.rope_factor to >= {spec.max_length / window:.2f}.")
 
 

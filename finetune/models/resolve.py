@@ -12,7 +12,14 @@ from typing import Any, Optional
 from ..recipe import ModelSpec
 from ..templates import get_template
 from .family import Family
-from .loading import check_context_window, load_config, load_tokenizer, resolve_family, resolve_model_path
+from .loading import (
+    check_context_window,
+    check_weights,
+    load_config,
+    load_tokenizer,
+    resolve_family,
+    resolve_model_path,
+)
 
 __all__ = ["ResolvedModel", "resolve_model"]
 
@@ -43,8 +50,9 @@ def resolve_model(spec: ModelSpec, template: Any = "auto", tokenizer_from: Optio
     """
     path = resolve_model_path(spec.path)
     family = resolve_family(spec, path)
-    if check_window:
+    if check_window:  # training: everything about the model that can be wrong is found before any compute
         check_context_window(load_config(path, family, spec), spec)
+        check_weights(path, spec)
     tokenizer = load_tokenizer(tokenizer_from or path, family, spec.trust_remote_code)
     if isinstance(template, str):
         template = get_template(family.template if template == "auto" else template)

@@ -80,7 +80,7 @@ def to_record(messages: list[dict], fmt: str, where: str = "", lossy: bool = Fal
         ConversionError: when something would be lost and ``lossy`` is false.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise DataError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     lost = Counter() if lost is None else lost
 
     def lose(what: str) -> None:
@@ -150,7 +150,7 @@ def convert_file(src_path: str | Path, dst_path: str | Path, src: str, dst: str,
         ConversionError: on the first record that would lose something, when ``lossy`` is false.
     """
     if src not in FORMATS or dst not in FORMATS:
-        raise ValueError(f"convert works between {', '.join(FORMATS)}; got {src!r} -> {dst!r}")
+        raise DataError(f"convert works between {', '.join(FORMATS)}; got {src!r} -> {dst!r}")
     loaded = load(src_path, src)
     lost: Counter = Counter()
     records = [carry_extras(ex.record, src, dst, to_record(ex.messages, dst, ex.where, lossy, lost))

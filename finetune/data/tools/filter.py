@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..readers import DataError
 from .convert import load, write_records
 from .rouge import NearDuplicateIndex, SearchStats, rouge_l, tokenize
 
@@ -56,7 +57,7 @@ class FilterConfig:
 
     def __post_init__(self):
         if not 0 < self.rouge_threshold <= 1:
-            raise ValueError(f"rouge_threshold={self.rouge_threshold} must be in (0, 1]")
+            raise DataError(f"rouge_threshold={self.rouge_threshold} must be in (0, 1]")
 
 
 @dataclass

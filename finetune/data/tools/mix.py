@@ -55,7 +55,7 @@ def parse_source(spec: str) -> Source:
     if last not in FORMATS:
         amount, (head, _, last) = last, head.rpartition(":")
     if not head or last not in FORMATS:
-        raise ValueError(f"--source {spec!r}: expected FILE:FORMAT[:N|:RATIO] with FORMAT one of {', '.join(FORMATS)}")
+        raise DataError(f"--source {spec!r}: expected FILE:FORMAT[:N|:RATIO] with FORMAT one of {', '.join(FORMATS)}")
     if amount is None:
         return Source(head, last)
     if re.fullmatch(r"\d+", amount) and int(amount) > 0:
@@ -65,8 +65,8 @@ def parse_source(spec: str) -> Source:
     except ValueError:
         ratio = -1.0
     if not 0 < ratio <= 1 or "." not in amount:
-        raise ValueError(f"--source {spec!r}: {amount!r} must be a number of examples (e.g. 500) or a share of the "
-                         "output in (0, 1] written with a point (e.g. 0.3)")
+        raise DataError(f"--source {spec!r}: {amount!r} must be a number of examples (e.g. 500) or a share of the "
+                        "output in (0, 1] written with a point (e.g. 0.3)")
     return Source(head, last, ratio=ratio)
 
 
@@ -88,12 +88,12 @@ def plan_counts(sources: list[Source], sizes: list[int], total: int | None = Non
     fixed, share = sum(counts), sum(r for _, r in shares)
     if fixed:
         if total is not None or share >= 1:
-            raise ValueError(f"ratios sum to {share:g} next to fixed-size sources; they must sum to less than 1 "
-                             "(the fixed sources fill the rest), and --total cannot be combined with fixed sizes")
+            raise DataError(f"ratios sum to {share:g} next to fixed-size sources; they must sum to less than 1 "
+                            "(the fixed sources fill the rest), and --total cannot be combined with fixed sizes")
         total = round(fixed / (1 - share))
     else:
         if abs(share - 1) > 1e-6:
-            raise ValueError(f"ratios sum to {share:g}; when every source is a ratio they must sum to 1")
+            raise DataError(f"ratios sum to {share:g}; when every source is a ratio they must sum to 1")
         total = total if total is not None else min(math.floor(sizes[i] / r + 1e-9) for i, r in shares)
     scale = total if fixed else total / share  # all-ratio shares are normalised to sum to exactly 1
     raw = [(scale * r, i) for i, r in shares]
@@ -116,7 +116,7 @@ def mix_files(sources: list[Source], out: str | Path, fmt: str = "messages", see
         DataError: for an unreadable source, or a conversation ``fmt`` cannot hold (unless ``lossy``).
     """
     if fmt not in FORMATS:
-        raise ValueError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        raise DataError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     stems = Counter(Path(s.path).stem for s in sources)
     loaded = [load(s.path, s.fmt) for s in sources]
     sizes = [len(data.examples) for data in loaded]

@@ -1,0 +1,240 @@
+"""The run folder: claimed and probed before any compute, never shared by two runs, checked before a resume, and
+the trained weights kept somewhere even when the final save fails.
+
+Every decision here is made by the first process and shared with the others (under torchrun each process would
+otherwise read the clock, or see the folder the first one just made, differently).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .checkpoints import COMPLETE, latest_checkpoint, latest_run_dir
+from .errors import CorruptFileError, RunFolderError, UserError, check_safetensors
+from .paths import cache_dir
+from .recipe import Recipe, recipe_to_dict
+
+__all__ = ["RunFolder", "open_run_folder", "check_free_space", "expected_bytes", "save_or_rescue"]
+
+logger = logging.getLogger(__name__)
+
+RESUMABLE = {"model": {"attn_implementation", "dtype", "trust_remote_code", "allow_pickle"},
+             "data": {"num_proc", "eval"}, "method": set()}
+"""Of the sections a resume cannot change (they change the weights' shapes or the training examples), the fields
+it may: kernels, precision, trust flags, held-out data. ``training`` and ``eval`` may change, with a warning."""
+
+
+@dataclass
+class RunFolder:
+    path: Path
+    checkpoint: Optional[Path]
+    """The checkpoint to resume from; ``None`` for a fresh run."""
+    record: dict
+    """What ``recipe.json`` says: the recipe the run started with, plus a ``resumed`` entry per resume (the step
+    and what changed), so it never claims settings the run did not use."""
+
+
+def open_run_folder(recipe: Recipe, resume: bool | str = False, dry_run: bool = False) -> RunFolder:
+    """The run's folder, created and probed for writing (for a dry run: only checked, nothing is created).
+
+    Args:
+        resume: ``False``, ``True`` (the latest complete checkpoint of ``training.output_dir`` or of the newest
+            ``runs/<name>-*``) or a checkpoint folder.
+
+    Raises:
+        RunFolderError: the folder already holds another run, cannot be written, or has nothing to resume (or the
+            recipe changed in a way a resume cannot follow).
+    """
+    return _decided_by_rank_0(lambda: _open(recipe, resume, dry_run))
+
+
+def _open(recipe: Recipe, resume: bool | str, dry_run: bool) -> RunFolder:
+    if resume:
+        path, checkpoint = _checkpoint(recipe, resume)
+        return RunFolder(path, checkpoint, _resumed_record(recipe, checkpoint))
+    output_dir = recipe.training.output_dir
+    if output_dir:
+        path = Path(output_dir)
+        if path.exists() and not path.is_dir():
+            raise RunFolderError(f"training.output_dir={output_dir} is a file, not a folder; choose another path.")
+        taken = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        if taken:
+            raise RunFolderError(
+                f"training.output_dir={output_dir} already holds files ({', '.join(taken[:4])}"
+                f"{', ...' if len(taken) > 4 else ''}). Continue that run with --resume, or choose an empty or new "
+                "folder (leave training.output_dir empty for a new runs/<name>-<time>).")
+    else:
+        path = Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if dry_run:
+        _probe(_nearest_existing(path))
+        return RunFolder(path, None, recipe_to_dict(recipe))
+    return RunFolder(_create(path, unique=not output_dir), None, recipe_to_dict(recipe))
+
+
+def _create(path: Path, unique: bool) -> Path:
+    """Make ``path`` (with ``-2``, ``-3`` ... appended when ``unique`` and a run started in the same second took
+    it: ``mkdir`` without ``exist_ok`` is atomic, so two runs can never share a folder) and probe it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        candidate, n = path, 1
+        while True:
+            try:
+                candidate.mkdir(exist_ok=not unique)
+                break
+            except FileExistsError:
+                n += 1
+                candidate = path.with_name(f"{path.name}-{n}")
+    except OSError as err:
+        raise RunFolderError(f"Cannot create the run folder {path}: {err.strerror}. Choose another "
+                             "training.output_dir.") from None
+    _probe(candidate)
+    return candidate
+
+
+def _probe(folder: Path) -> None:
+    """Write and remove a small file, so a read-only or full disk stops the run before any compute."""
+    probe = folder / f".finetune-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        raise RunFolderError(f"Cannot write to {folder}: {err.strerror}. Free space there or choose another "
+                             "training.output_dir.") from None
+
+
+def _nearest_existing(path: Path) -> Path:
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            if not folder.is_dir():
+                raise RunFolderError(f"{folder} is a file, so the run folder {path} cannot be made there.")
+            return folder
+    return Path(".")
+
+
+def _checkpoint(recipe: Recipe, resume: bool | str) -> tuple[Path, Path]:
+    if not isinstance(resume, bool):
+        checkpoint = Path(resume)
+        if not (checkpoint / COMPLETE).exists():
+            raise RunFolderError(f"--resume {checkpoint}: not a complete checkpoint folder (no {COMPLETE} marker); "
+                                 "give a runs/<run>/checkpoint-N folder, or --resume alone for the latest one.")
+        for weights in checkpoint.glob("*.safetensors"):
+            check_safetensors(weights)
+        return checkpoint.parent, checkpoint
+    output_dir = recipe.training.output_dir
+    run_dir = Path(output_dir) if output_dir else latest_run_dir(recipe.name)
+    checkpoint = latest_checkpoint(run_dir) if run_dir and run_dir.is_dir() else None
+    if checkpoint is None:
+        raise RunFolderError(f"--resume: no complete checkpoint in {run_dir or f'runs/{recipe.name}-*'}; set "
+                             "training.save_strategy=steps to write checkpoints, or start a fresh run.")
+    logger.info("Resuming from %s", checkpoint)
+    return run_dir, checkpoint
+
+
+def _resumed_record(recipe: Recipe, checkpoint: Path) -> dict:
+    """The checkpoint's ``recipe.json`` with this resume appended; refuses changes a resume cannot follow."""
+    saved_file = next((f for f in (checkpoint / "recipe.json", checkpoint.parent / "recipe.json") if f.exists()), None)
+    now = recipe_to_dict(recipe)
+    if saved_file is None:
+        return now
+    try:
+        saved = json.loads(saved_file.read_text())
+    except ValueError as err:
+        raise CorruptFileError(f"{saved_file} is damaged ({err}); restore it or start a fresh run.") from None
+    changed = {key: [old, new] for key, (old, new) in _differences(saved, now).items()
+               if key not in ("training.output_dir", "resumed")}
+    refused = [key for key in changed if key.split(".")[0] in RESUMABLE
+               and key.split(".")[1] not in RESUMABLE[key.split(".")[0]]]
+    if refused:
+        shown = "; ".join(f"{key}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in refused[:4])
+        raise RunFolderError(f"--resume: this recipe changes what {checkpoint} was trained with ({shown}). The "
+                             "method, the model and the data cannot change in a resumed run; undo the change, or "
+                             "start a fresh run.")
+    if changed:
+        shown = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        logger.warning("Resuming with changed settings (recipe.json records them under 'resumed'): %s", shown)
+    step = int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint.name.rsplit("-", 1)[-1].isdigit() else None
+    return {**saved, "resumed": [*saved.get("resumed", []), {"step": step, "changed": changed}]}
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> dict[str, tuple]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = {}
+        for key in sorted(set(old) | set(new)):
+            out.update(_differences(old.get(key), new.get(key), f"{prefix}{key}."))
+        return out
+    return {} if old == new else {prefix[:-1]: (old, new)}
+
+
+def expected_bytes(model, args, whole_model: bool) -> int:
+    """What the run will write: the trained weights (the whole model for full fine-tuning), and per kept
+    checkpoint those weights plus AdamW's two moments in float32."""
+    params = [p for p in model.parameters() if whole_model or p.requires_grad]
+    weights = sum(p.numel() * p.element_size() for p in params)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if args.save_strategy == "no":
+        return weights
+    kept = (args.save_total_limit or 3) + 1  # one more exists while the oldest is being rotated out
+    return weights + kept * (weights + 8 * trainable)
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Refuse to start when ``folder``'s disk cannot hold what the run will write."""
+    free = shutil.disk_usage(folder).free
+    if free < needed * 1.1 + 2**20:
+        raise RunFolderError(f"{folder} has {free / 2**20:,.0f} MiB free; this run will write about "
+                             f"{needed / 2**20:,.0f} MiB (weights and checkpoints). Free space, lower "
+                             "training.save_total_limit, or choose another training.output_dir.")
+
+
+def save_or_rescue(save: Callable[[str], None], folder: Path) -> None:
+    """``save(folder)``; if that fails (a full disk after hours of training), save into the cache or the temp
+    folder instead and stop with where the weights are.
+
+    Raises:
+        RunFolderError: the final save failed (the message says where the weights went instead).
+    """
+    try:
+        save(str(folder))
+        return
+    except OSError as err:
+        failure = f"{err.filename or folder}: {err.strerror or err}"
+    tried = []
+    for root in (cache_dir("rescued"), Path(tempfile.gettempdir())):
+        try:
+            rescue = Path(tempfile.mkdtemp(prefix=f"{folder.name}-", dir=root))
+            save(str(rescue))
+        except OSError as err:
+            tried.append(f"{root}: {err.strerror or err}")
+            continue
+        raise RunFolderError(f"The trained weights could not be saved to {folder} ({failure}); they were saved to "
+                             f"{rescue} instead. Free space, then move that folder's files into {folder}.")
+    raise RunFolderError(f"The trained weights could not be saved to {folder} ({failure}) nor anywhere else "
+                         f"({'; '.join(tried)}); checkpoints already written in {folder} are kept.")
+
+
+def _decided_by_rank_0(decide: Callable[[], RunFolder]) -> RunFolder:
+    """``decide()`` on the first process, its result (or its error) on every process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return decide()
+    shared: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            shared[0] = decide()
+        except UserError as err:
+            shared[0] = err
+    dist.broadcast_object_list(shared, src=0)
+    if isinstance(shared[0], UserError):
+        raise shared[0]
+    return shared[0]

@@ -1,0 +1,377 @@
+"""Every mistake a user can make ends in one clean message (#20): exit status 2, one line on stderr that names the
+file, line or field where there is one and says what to do, and no traceback. Each case runs a command's ``main``
+as ``python -m finetune.<command>`` would (in this process, so the cases stay fast; ``test_the_real_command_line``
+runs processes). The README's "When things go wrong" table lists the same cases.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from helpers import write_jsonl
+
+import finetune.chat as chat
+import finetune.data.__main__ as data_cli
+import finetune.evaluate as evaluate
+import finetune.export.__main__ as export_cli
+import finetune.merge as merge
+import finetune.run as run
+
+ROOT = Path(__file__).resolve().parents[1]
+ALPACA = [{"instruction": f"Name character {i}", "input": "", "output": f"CHARACTER {i}"} for i in range(8)]
+
+
+@pytest.fixture
+def cli(tiny_llama, alpaca_file, tmp_path):
+    """A valid recipe file on the tiny Llama, and helpers to write bad inputs beside it."""
+    out = tmp_path / "run"
+
+    def recipe_file(body: str = "", name: str = "r.py") -> Path:
+        path = tmp_path / name
+        path.write_text(
+            "from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec\n"
+            + (body or f"recipe = Recipe(name='cli', model=ModelSpec(path={str(tiny_llama)!r}, max_length=96),\n"
+                       f"    data=DataSpec(train={str(alpaca_file)!r}, template='chatml'), method=LoraSpec(r=4),\n"
+                       f"    training=TrainingSpec(output_dir={str(out)!r}, max_steps=2, logging_steps=1,\n"
+                       "                          per_device_train_batch_size=4), eval=EvalSpec(samples=0))\n"))
+        return path
+
+    def text(name: str, content: str | bytes) -> Path:
+        path = tmp_path / name
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content, encoding="utf-8")
+        return path
+
+    def model_copy(name: str, keep=lambda f: True) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        for file in tiny_llama.iterdir():
+            if keep(file):
+                shutil.copy(file, folder / file.name)
+        return folder
+
+    return SimpleNamespace(recipe=recipe_file(), recipe_file=recipe_file, text=text, model_copy=model_copy,
+                           tmp=tmp_path, out=out, model=tiny_llama, data=alpaca_file)
+
+
+def one_clean_line(main, argv, capsys, *needles) -> str:
+    """Run ``main(argv)``; assert exit status 2 and a single ``error: ...`` line containing every needle."""
+    code = main([str(a) for a in argv])
+    err = [line.strip() for line in re.split(r"[\r\n]", capsys.readouterr().err)]  # \r: after a progress bar
+    errors = [line for line in err if line.startswith("error:")]
+    assert code == 2, (code, err)
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    return errors[0]
+
+
+def truncated(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    return path
+
+
+# --- finetune.run: the recipe and the command line ----------------------------------------------------------------
+
+RECIPE_CASES = {
+    "recipe file missing": (lambda c: [c.tmp / "nope.py"], ["nope.py not found", "recipes/"]),
+    "recipe file not Python": (lambda c: [c.recipe_file("recipe = Recipe(name='x'\n", "syntax.py")],
+                               ["syntax.py:2:", "never closed"]),
+    "recipe file imports a typo": (lambda c: [c.recipe_file("from finetune import LoraSpc\n", "typo.py")],
+                                   ["typo.py:2:", "LoraSpc"]),
+    "recipe file defines no recipe": (lambda c: [c.recipe_file("x = 1\n", "none.py")], ["must define `recipe"]),
+    "wrong type in a recipe file": (lambda c: [c.recipe_file(
+        "recipe = Recipe(name='x', model=ModelSpec(max_length='64'), data=DataSpec(train='t'))\n", "types.py")],
+        ["types.py:2:", "model.max_length='64' must be int"]),
+    "override with a typo": (lambda c: [c.recipe, "training.learning_rat=1e-4"], ["learning_rat", "learning_rate"]),
+    "override of the wrong type": (lambda c: [c.recipe, "training.max_steps=many"], ["training.max_steps"]),
+    "unknown section": (lambda c: [c.recipe, "trainig.max_steps=3"], ["trainig"]),
+    "unknown template": (lambda c: [c.recipe, "--dry-run", "data.template=chatmll"], ["chatmll", "chatml"]),
+    "unknown family": (lambda c: [c.recipe, "--dry-run", "model.family=gpt9"], ["gpt9", "llama"]),
+    "unknown data format": (lambda c: [c.recipe, "--dry-run", "data.format=alpacca"], ["data.format", "alpaca"]),
+    "nothing to train": (lambda c: [c.recipe, "training.num_train_epochs=-1", "training.max_steps=-1"],
+                         ["num_train_epochs=-1", "trains nothing"]),
+    "absurd learning rate": (lambda c: [c.recipe, "training.learning_rate=1e38"], ["training.learning_rate=1e+38",
+                                                                                   "overflows"]),
+    "unknown lr_scheduler_type": (lambda c: [c.recipe, "--dry-run", "training.lr_scheduler_type=cosinus"],
+                                  ["TrainingArguments", "cosinus"]),
+    "unknown optimizer": (lambda c: [c.recipe, "--dry-run", "training.optim=adamw_turbo"], ["adamw_turbo"]),
+}
+
+
+@pytest.mark.parametrize("case", RECIPE_CASES, ids=list(RECIPE_CASES))
+def test_recipe_and_command_line_mistakes(case, cli, capsys):
+    argv, needles = RECIPE_CASES[case]
+    one_clean_line(run.main, argv(cli), capsys, *needles)
+
+
+# --- finetune.run: the model ---------------------------------------------------------------------------------------
+
+MODEL_CASES = {
+    "model not on this machine": (lambda c: c.tmp / "no-such-model",
+                                  ["no-such-model", "not on this machine", "hf download"]),
+    "hub id not in the cache": (lambda c: "someone/unknown-model-7b", ["someone/unknown-model-7b", "hf download"]),
+    "folder without config.json": (lambda c: c.model_copy("noconfig", lambda f: f.name != "config.json"),
+                                   ["noconfig has no config.json"]),
+    "pickle-only weights": (lambda c: _pickled(c), ["only .bin (pickle) weights", "model.allow_pickle=true"]),
+    "no weights at all": (lambda c: c.model_copy("noweights", lambda f: f.suffix != ".safetensors"),
+                          ["noweights (model.path) has no model weights"]),
+    "truncated weights": (lambda c: _truncated_model(c), ["model.safetensors is damaged", "Copy it again"]),
+    "max_length beyond the model's window": (lambda c: c.model, ["model.max_length=100000", "native window"]),
+}
+
+
+def _pickled(c) -> Path:
+    import torch
+    from safetensors.torch import load_file
+
+    folder = c.model_copy("pickled", lambda f: f.suffix != ".safetensors")
+    torch.save(load_file(c.model / "model.safetensors"), folder / "pytorch_model.bin")
+    return folder
+
+
+def _truncated_model(c) -> Path:
+    folder = c.model_copy("truncated")
+    truncated(folder / "model.safetensors")
+    return folder
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=list(MODEL_CASES))
+def test_model_mistakes_are_found_by_the_dry_run(case, cli, capsys):
+    path, needles = MODEL_CASES[case]
+    extra = ["model.max_length=100000"] if "window" in case else []
+    one_clean_line(run.main, [cli.recipe, "--dry-run", f"model.path={path(cli)}", *extra], capsys, *needles)
+
+
+# --- finetune.run: the data (each names file and line) -------------------------------------------------------------
+
+DATA_CASES = {
+    "data file missing": (lambda c: c.tmp / "missing.jsonl", ["missing.jsonl"]),
+    "broken JSON line": (lambda c: c.text("broken.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": \n'),
+                         ["broken.jsonl:2"]),
+    "10,000-level nesting": (lambda c: c.text("deep.jsonl", '{"instruction": ' + "[" * 10000 + "]" * 10000 + "}\n"),
+                             ["deep.jsonl:1"]),
+    "lone surrogate": (lambda c: c.text("surrogate.jsonl", '{"instruction": "\\ud83d", "output": "x"}\n'),
+                       ["surrogate.jsonl:1"]),
+    "history of the wrong type": (lambda c: c.text("history.jsonl", json.dumps(
+        {"instruction": "a", "output": "b", "history": 5}) + "\n"), ["history.jsonl:1", "history"]),
+    "duplicate key": (lambda c: c.text("dup.jsonl", '{"instruction": "a", "instruction": "b", "output": "c"}\n'),
+                      ["dup.jsonl:1", "instruction", "twice"]),
+    "missing field": (lambda c: c.text("nofield.jsonl", '{"question": "a", "answer": "b"}\n'), ["nofield.jsonl"]),
+    "missing CSV column": (lambda c: c.text("cols.csv", "question,answer\na,b\n"), ["cols.csv"]),
+    "corrupt Parquet": (lambda c: c.text("bad.parquet", b"PAR1 this is not parquet"), ["bad.parquet"]),
+    "not UTF-8": (lambda c: c.text("latin1.jsonl", '{"instruction": "caf\xe9", "output": "x"}\n'.encode("latin-1")),
+                  ["latin1.jsonl:1"]),
+    "every answer masked": (lambda c: write_jsonl(c.tmp / "long.jsonl", [{"instruction": "word " * 300,
+                                                                          "output": "yes"}] * 3),
+                            ["long.jsonl", "all labels masked", "max_length"]),
+}
+
+
+@pytest.mark.parametrize("case", DATA_CASES, ids=list(DATA_CASES))
+def test_data_mistakes_name_file_and_line(case, cli, capsys):
+    path, needles = DATA_CASES[case]
+    extra = ["data.overlong=truncate"] if "masked" in case else []
+    one_clean_line(run.main, [cli.recipe, "--dry-run", f"data.train={path(cli)}", *extra], capsys, *needles)
+
+
+# --- finetune.run: the output folder and --resume ------------------------------------------------------------------
+
+def test_an_output_folder_that_is_a_file_is_refused_by_the_dry_run(cli, capsys):
+    file = cli.text("taken", "x")
+    one_clean_line(run.main, [cli.recipe, "--dry-run", f"training.output_dir={file}/run"], capsys, "is a file")
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry run", "run"])
+def test_an_output_folder_that_cannot_be_written_stops_before_any_compute(dry_run, cli, capsys, monkeypatch):
+    """A read-only disk (simulated: the tests run as root, which any real permission would let through)."""
+    write_bytes = Path.write_bytes
+
+    def read_only(self, data):
+        if self.name.startswith(".finetune-probe"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    one_clean_line(run.main, [cli.recipe, *(["--dry-run"] if dry_run else [])], capsys, "Cannot write to",
+                   "Permission denied", "training.output_dir")
+
+
+def test_a_folder_holding_another_run_is_refused_unless_resuming(cli, capsys):
+    cli.out.mkdir()
+    (cli.out / "adapter_model.safetensors").write_bytes(b"a finished run")
+    one_clean_line(run.main, [cli.recipe], capsys, "already holds files", "adapter_model.safetensors", "--resume")
+    assert (cli.out / "adapter_model.safetensors").read_bytes() == b"a finished run"  # nothing overwritten
+
+
+def test_resume_without_a_checkpoint(cli, capsys):
+    cli.out.mkdir()
+    one_clean_line(run.main, [cli.recipe, "--resume"], capsys, "no complete checkpoint", "save_strategy=steps")
+
+
+def test_resume_from_a_folder_that_is_not_a_checkpoint(cli, capsys):
+    one_clean_line(run.main, [cli.recipe, "--resume", cli.tmp], capsys, "not a complete checkpoint folder")
+
+
+def test_resume_refuses_a_changed_method_and_records_a_changed_step_count(cli, capsys):
+    saving = ["training.save_strategy=steps", "training.save_steps=1"]
+    assert run.main([str(cli.recipe), *saving]) == 0
+    original = json.loads((cli.out / "recipe.json").read_text())
+    one_clean_line(run.main, [cli.recipe, "--resume", "method.r=8", *saving], capsys, "method.r: 4 -> 8",
+                   "cannot change in a resumed run")
+    assert run.main([str(cli.recipe), "--resume", "training.max_steps=3", *saving]) == 0
+    record = json.loads((cli.out / "recipe.json").read_text())
+    # recipe.json keeps what the run started with and records the resume: it never claims 3 steps from the start
+    assert record["training"]["max_steps"] == original["training"]["max_steps"] == 2
+    assert record["resumed"] == [{"step": 2, "changed": {"training.max_steps": [2, 3]}}]
+
+
+def test_not_enough_free_space_stops_before_training(cli, capsys, monkeypatch):
+    import finetune.run_folder
+
+    usage = shutil.disk_usage(cli.tmp)
+    monkeypatch.setattr(finetune.run_folder.shutil, "disk_usage", lambda path: usage._replace(free=10_000))
+    one_clean_line(run.main, [cli.recipe], capsys, "MiB free", "will write about")
+    assert not (cli.out / "logs.jsonl").exists()  # stopped before the first step
+
+
+def test_a_failed_final_save_keeps_the_weights_and_says_where(cli, capsys, monkeypatch):
+    from finetune.trainers import SFTTrainer
+
+    save = SFTTrainer.save_model
+
+    def full_disk(self, output_dir=None, _internal_call=False):
+        if Path(output_dir) == cli.out:
+            raise OSError(28, "No space left on device", str(output_dir))
+        return save(self, output_dir, _internal_call)
+
+    monkeypatch.setattr(SFTTrainer, "save_model", full_disk)
+    monkeypatch.setenv("FINETUNE_CACHE", str(cli.tmp / "cache"))
+    line = one_clean_line(run.main, [cli.recipe], capsys, "No space left on device", "they were saved to")
+    rescued = Path(line.split("they were saved to ")[1].split(" instead")[0])
+    assert (rescued / "adapter_model.safetensors").stat().st_size > 0 and (rescued / "recipe.json").exists()
+
+
+# --- divergence ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("learning_rate", ["1e6", "1e20"])
+def test_a_blown_up_run_stops_with_the_step_lines_and_advice_and_is_not_saved(learning_rate, cli, capsys):
+    line = one_clean_line(run.main, [cli.recipe, f"training.learning_rate={learning_rate}", "training.max_steps=30",
+                                     "training.max_grad_norm=0"], capsys,
+                          "Training diverged at step", "lines [", "Lower training.learning_rate")
+    assert f"now {float(learning_rate):g}" in line
+    print(line)  # for the README table: pytest -s shows what a user sees
+    assert not (cli.out / "adapter_model.safetensors").exists()
+
+
+def test_the_guard_sees_every_optimizer_step(cli, monkeypatch):
+    """It hooks the Trainer's private ``_get_grad_norm``: this fails if transformers stops calling it."""
+    from finetune.divergence import DivergenceGuard
+
+    seen = []
+    step = DivergenceGuard.step
+    monkeypatch.setattr(DivergenceGuard, "step", lambda self, n, norm: seen.append((n, norm)) or step(self, n, norm))
+    assert run.main([str(cli.recipe), "training.max_steps=3"]) == 0
+    assert [n for n, _ in seen] == [1, 2, 3] and all(norm > 0 for _, norm in seen)
+
+
+# --- the other commands --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_llama, tmp_path_factory):
+    """A finished LoRA run on the tiny Llama (the later commands' input)."""
+    from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
+    from finetune.train import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    data = write_jsonl(tmp / "d.jsonl", ALPACA)
+    return train(Recipe(name="t", model=ModelSpec(path=str(tiny_llama), max_length=64),
+                        data=DataSpec(train=str(data), template="chatml"), method=LoraSpec(r=4),
+                        training=TrainingSpec(output_dir=str(tmp / "run"), max_steps=1), eval=EvalSpec(samples=0)
+                        )).output_dir
+
+
+@pytest.fixture
+def damaged_run(trained_run, tmp_path):
+    copy = shutil.copytree(trained_run, tmp_path / "damaged")
+    truncated(copy / "adapter_model.safetensors")
+    return copy
+
+
+@pytest.mark.parametrize("main, extra", [(evaluate.main, []), (chat.main, ["--prompt", "hi"]),
+                                         (merge.main, ["merged"])], ids=["evaluate", "chat", "merge"])
+def test_a_truncated_adapter_names_itself(main, extra, damaged_run, capsys):
+    one_clean_line(main, [damaged_run, *extra], capsys, "adapter_model.safetensors is damaged")
+
+
+@pytest.mark.parametrize("main, extra", [(evaluate.main, []), (chat.main, ["--prompt", "hi"]),
+                                         (merge.main, ["merged"]), (export_cli.main, ["out.gguf"])],
+                         ids=["evaluate", "chat", "merge", "export"])
+def test_a_folder_that_is_not_a_run(main, extra, tmp_path, capsys):
+    one_clean_line(main, [tmp_path, *extra], capsys, "not a finetune run folder")
+
+
+def test_evaluate_with_a_verbalizer_that_is_not_json(trained_run, tmp_path, capsys):
+    bad = tmp_path / "v.json"
+    bad.write_text("label: word")
+    one_clean_line(evaluate.main, [trained_run, "--verbalizer", bad], capsys, "--verbalizer", "not JSON")
+
+
+def test_data_tools_name_the_bad_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{oops}\n')
+    one_clean_line(data_cli.main, ["convert", bad, tmp_path / "out.jsonl", "--from", "alpaca", "--to", "sharegpt"],
+                   capsys, "bad.jsonl:2")
+
+
+# --- the real command line -----------------------------------------------------------------------------------------
+
+def test_the_real_command_line_prints_one_line_and_verbose_the_traceback(cli):
+    argv = [sys.executable, "-m", "finetune.run", str(cli.recipe), "--dry-run", f"model.path={cli.tmp / 'absent'}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    quiet = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cli.tmp)
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert [line for line in quiet.stderr.splitlines() if line.startswith("error:")] == [
+        line for line in quiet.stderr.splitlines() if line.strip()], quiet.stderr
+    loud = subprocess.run([*argv, "--verbose"], capture_output=True, text=True, env=env, cwd=cli.tmp)
+    assert loud.returncode != 0 and "Traceback" in loud.stderr and "ModelNotFoundError" in loud.stderr
+
+
+# --- run folders ---------------------------------------------------------------------------------------------------
+
+def test_two_runs_started_in_the_same_second_get_two_folders(cli, monkeypatch):
+    import finetune.run_folder
+    from finetune.checkpoints import latest_run_dir
+    from finetune.recipe_file import load_recipe
+
+    monkeypatch.chdir(cli.tmp)
+    monkeypatch.setattr(finetune.run_folder.time, "strftime", lambda fmt: "20261130-120000")
+    recipe = load_recipe(cli.recipe, ["training.output_dir="])
+    first, second = (finetune.run_folder.open_run_folder(recipe).path for _ in range(2))
+    assert (first.name, second.name) == ("cli-20261130-120000", "cli-20261130-120000-2")
+    assert latest_run_dir("cli") == second
+
+
+def test_a_complete_checkpoint_with_damaged_weights_is_skipped_on_resume(trained_run, tmp_path):
+    from finetune.checkpoints import COMPLETE, latest_checkpoint
+
+    for step, damage in ((2, False), (4, True)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        shutil.copy(trained_run / "adapter_model.safetensors", folder)
+        (folder / COMPLETE).write_text(f"step {step}\n")
+        if damage:  # marked complete when saved, cut short later (a copy to another disk)
+            truncated(folder / "adapter_model.safetensors")
+    assert latest_checkpoint(tmp_path).name == "checkpoint-2"
+
+
+def test_a_dry_run_creates_no_folder(cli):
+    assert run.main([str(cli.recipe), "--dry-run"]) == 0
+    assert not cli.out.exists()
