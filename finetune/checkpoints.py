@@ -107,10 +107,11 @@ def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
 
 
 def latest_run_dir(name: str, root: str | Path = "runs") -> Optional[Path]:
-    """The most recent ``runs/<name>-<timestamp>[-n]`` folder (``-n``: a later run started in the same second)."""
+    """The most recent ``runs/<name>-<timestamp>[-n]`` folder (``-n``: a later run started in the same second).
+    Empty folders are passed over: a run that stopped on bad data leaves its claimed folder empty."""
     pattern = re.compile(re.escape(name) + r"-(\d{8}-\d{6})(?:-(\d+))?")
     runs = [(match.group(1), int(match.group(2) or 1), p) for p in Path(root).glob(f"{name}-*")
-            if (match := pattern.fullmatch(p.name))]
+            if (match := pattern.fullmatch(p.name)) and any(p.iterdir())]
     return max(runs)[2] if runs else None
 
 

@@ -356,6 +356,10 @@ def test_two_runs_started_in_the_same_second_get_two_folders(cli, monkeypatch):
     recipe = load_recipe(cli.recipe, ["training.output_dir="])
     first, second = (finetune.run_folder.open_run_folder(recipe).path for _ in range(2))
     assert (first.name, second.name) == ("cli-20261130-120000", "cli-20261130-120000-2")
+    assert latest_run_dir("cli") is None  # both still empty: nothing to resume
+    (first / "checkpoint-1").mkdir()
+    assert latest_run_dir("cli") == first
+    (second / "checkpoint-1").mkdir()
     assert latest_run_dir("cli") == second
 
 
