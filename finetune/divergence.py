@@ -10,7 +10,7 @@ before; the diverged weights are not saved.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 from .errors import UserError
 
@@ -37,15 +37,16 @@ class DivergenceGuard:
 
     def __init__(self, learning_rate: float, fp16: bool = False, patience: int = 5):
         self.learning_rate, self.fp16, self.patience = learning_rate, fp16, patience
-        self.lines: Optional[Sequence[int]] = None
+        self.lines: Any = None
         self._loss, self._first = 0.0, []
         self._zero = self._high = self._non_finite = 0
 
-    def add_loss(self, loss: float, lines: Optional[Sequence[int]] = None) -> None:
-        """One micro-batch's loss (the step's loss is their sum) and the data lines it held."""
-        self._loss += loss
+    def add_loss(self, loss, lines=None) -> None:
+        """One micro-batch's loss (the step's loss is their sum) and the data lines it held. Tensors are kept as
+        they are (on the GPU): the loss is read back once per optimiser step, the lines only for the message."""
+        self._loss = self._loss + (loss.detach() if hasattr(loss, "detach") else loss)
         if lines is not None:
-            self.lines = list(lines)
+            self.lines = lines
 
     def step(self, step: int, grad_norm: Optional[float]) -> None:
         """Called with each optimiser step's gradient norm, before the optimiser applies it.
@@ -54,7 +55,7 @@ class DivergenceGuard:
             TrainingDiverged: the step's loss or gradients are non-finite, or zero gradients or a loss far above
                 its start lasted ``patience`` steps.
         """
-        loss, self._loss = self._loss, 0.0
+        loss, self._loss = float(self._loss), 0.0
         norm = None if grad_norm is None else float(grad_norm)
         if not math.isfinite(loss):
             self._stop(step, f"the loss is {loss}")
@@ -79,7 +80,8 @@ class DivergenceGuard:
                              f"at {start:.2f})")
 
     def _stop(self, step: int, what: str) -> None:
-        lines = f" The last batch held the examples at lines {self.lines} of the training data." if self.lines else ""
+        held = self.lines.tolist() if hasattr(self.lines, "tolist") else self.lines
+        lines = f" The last batch held the examples at lines {held} of the training data." if held else ""
         raise TrainingDiverged(
             f"Training diverged at step {step}: {what}.{lines} Lower training.learning_rate (now "
             f"{self.learning_rate:g}; LoRA usually trains at 1e-4 to 3e-4, full fine-tuning at 1e-5) or "

@@ -88,7 +88,7 @@ class SFTTrainer(Trainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the count is already global
         if model.training:
-            self.divergence.add_loss(loss.item(), None if lines is None else lines.tolist())
+            self.divergence.add_loss(loss, lines)
         return (loss, outputs) if return_outputs else loss
 
     @override
