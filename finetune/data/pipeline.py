@@ -64,9 +64,10 @@ class ChunkEncoder:
         for number, messages in self.converter.convert_chunk(self.name, chunk, skipped):
             numbers.append(number)
             conversations.append(messages)
-        columns = self.encoder({"messages": conversations}) if conversations else {}
-        arrays = [pa.array(conversations, type=SCHEMA.field("messages").type), pa.array(numbers, pa.int64())]
-        arrays += [pa.array(columns.get(f.name, []), type=f.type) for f in SCHEMA if f.name not in ("messages", "line")]
+        columns = self.encoder.arrays(conversations)
+        columns["messages"] = pa.array(conversations, type=SCHEMA.field("messages").type)
+        columns["line"] = pa.array(numbers, pa.int64())
+        arrays = [columns[f.name] for f in SCHEMA]
         return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA), skipped
 
 
