@@ -9,6 +9,7 @@ grows with the data; hence this small pool. The result is the same batches in th
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from collections import Counter, deque
@@ -138,6 +139,9 @@ _WORKER_FN: Any = None
 def _set_worker_fn(fn) -> None:
     global _WORKER_FN
     _WORKER_FN = fn
+    # The forked worker's collections need not traverse the parent's objects (torch, the tokenizer): that costs
+    # time on every full collection and copies the pages the objects live on.
+    gc.freeze()
 
 
 def _run_in_worker(chunk):
