@@ -77,39 +77,37 @@ class Encoder:
         """The columns of :meth:`__call__` as Arrow arrays, built from flat numpy buffers: ``pa.array`` over a
         Python list per example cost as much as the rest of the chunk's Python work together."""
         rendered = [self.render(messages) for messages in conversations]
-        seg_ids = self._tokenize(rendered)
-        lengths: list[int] = []
-        flags: list[bool] = []
-        takes: list[int] = []
-        counts, truncated, dropped = [], [], []
-        for segments, ids in zip(rendered, seg_ids):
-            supervised = [sup for _, sup in segments]
-            seg_lengths = [len(part) for part in ids]
-            take, cut, lost = self._plan(seg_lengths, supervised)
-            lengths += seg_lengths
-            flags += supervised
-            takes += take
-            counts.append(len(segments))
-            truncated.append(cut)
-            dropped.append(lost)
-        seg_len, take, sup = np.array(lengths, np.int64), np.array(takes, np.int64), np.array(flags, bool)
-        ids = np.fromiter(chain.from_iterable(chain.from_iterable(seg_ids)), np.int64, count=int(seg_len.sum()))
+        pieces = [ids for example in self._tokenize(rendered) for ids in example]
+        n = len(rendered)
+        counts = np.array([len(segments) for segments in rendered], np.int64)
+        sup = np.array([supervised for segments in rendered for _, supervised in segments], bool)
+        seg_len = np.array([len(ids) for ids in pieces], np.int64)
+        ids = np.fromiter(chain.from_iterable(pieces), np.int64, count=int(seg_len.sum()))
+        example = np.repeat(np.arange(n), counts)
+        # An example that fits keeps every segment up to its last answer; the others are planned turn by turn.
+        last = np.full(n, -1)
+        np.maximum.at(last, example[sup], np.flatnonzero(sup))
+        take = np.where(np.arange(len(seg_len)) <= last[example], seg_len, 0)
+        truncated, dropped = np.zeros(n, bool), np.zeros(n, np.int64)
+        starts = np.cumsum(counts) - counts
+        for i in np.flatnonzero(np.bincount(example, weights=seg_len, minlength=n) > self.max_length):
+            part = slice(starts[i], starts[i] + counts[i])
+            take[part], truncated[i], dropped[i] = self._plan(seg_len[part].tolist(), sup[part].tolist())
         # Each segment keeps its first ``take`` tokens; context is labelled IGNORE_INDEX.
         keep = np.arange(len(ids)) - np.repeat(np.cumsum(seg_len) - seg_len, seg_len) < np.repeat(take, seg_len)
         input_values = ids[keep]
         label_values = np.where(np.repeat(sup, seg_len), ids, IGNORE_INDEX)[keep]
-        example = np.repeat(np.arange(len(counts)), counts)
-        num_tokens = np.bincount(example, weights=take, minlength=len(counts)).astype(np.int64)
-        num_supervised = np.bincount(example, weights=take * sup, minlength=len(counts)).astype(np.int64)
+        num_tokens = np.bincount(example, weights=take, minlength=n).astype(np.int64)
+        num_supervised = np.bincount(example, weights=take * sup, minlength=n).astype(np.int64)
         offsets = pa.array(np.concatenate([[0], np.cumsum(num_tokens)]), pa.int32())
-        eos = np.zeros(len(counts), bool)
+        eos = np.zeros(n, bool)
         if self.eos_id is not None:
-            eos[np.repeat(np.arange(len(counts)), num_tokens)[label_values == self.eos_id]] = True
+            eos[np.repeat(np.arange(n), num_tokens)[label_values == self.eos_id]] = True
         return {
             "input_ids": pa.ListArray.from_arrays(offsets, pa.array(input_values)),
             "labels": pa.ListArray.from_arrays(offsets, pa.array(label_values)),
             "num_tokens": pa.array(num_tokens), "num_supervised": pa.array(num_supervised),
-            "truncated": pa.array(truncated, pa.bool_()), "dropped_turns": pa.array(dropped, pa.int64()),
+            "truncated": pa.array(truncated), "dropped_turns": pa.array(dropped),
             "eos_labelled": pa.array(eos),
         }
 
