@@ -75,16 +75,26 @@ def run_once(data: Path, num_proc: int) -> dict:
     spec = DataSpec(train=str(data), format="alpaca", template="chatml", num_proc=num_proc)
     out = {"num_proc": num_proc}
     for label in ("cold", "warm"):
+        load, cpu = os.getloadavg()[0], _cpu_seconds()
         start = time.perf_counter()
         built = build_datasets(spec, tokenizer, get_template("chatml"), max_length=512)
         seconds = time.perf_counter() - start
         out[label] = {"seconds": round(seconds, 2), "examples_per_s": round(len(built.train) / seconds),
-                      "cache_hit": built.cache_hit, "kept": len(built.train)}
+                      "cache_hit": built.cache_hit, "kept": len(built.train),
+                      "cpu_seconds": round(_cpu_seconds() - cpu, 2),
+                      "load_avg_1min": [round(load, 2), round(os.getloadavg()[0], 2)]}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     out["worker_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     out["cache_mb"] = round(sum(f.stat().st_size for f in Path(cache).rglob("*") if f.is_file()) / 2**20)
     shutil.rmtree(cache, ignore_errors=True)
     return out
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished workers: on a shared machine, CPU seconds per example say more
+    about the code than the wall time does (the 1-minute load average before/after each run is recorded too)."""
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
 
 
 def main() -> None:
@@ -93,6 +103,7 @@ def main() -> None:
     parser.add_argument("--source", choices=("jsonl", "parquet"), default="jsonl")
     parser.add_argument("--num-proc", default="1,2", help="comma-separated data.num_proc values")
     parser.add_argument("--out", default=None, help="default: bench-results/load-<source>-<examples>.json")
+    parser.add_argument("--note", default="", help="a remark stored with the results (the machine's state)")
     parser.add_argument("--run", nargs=2, metavar=("FILE", "NUM_PROC"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -103,7 +114,7 @@ def main() -> None:
         data = tmp / f"big.{args.source}"
         write_data(data, args.examples)
         results = {"examples": args.examples, "source": args.source, "file_mb": round(data.stat().st_size / 2**20, 1),
-                   "cores": len(os.sched_getaffinity(0)), "runs": []}
+                   "cores": len(os.sched_getaffinity(0)), "note": args.note, "runs": []}
         for num_proc in (int(n) for n in args.num_proc.split(",")):
             done = subprocess.run([sys.executable, __file__, "--run", str(data), str(num_proc)], check=True,
                                   capture_output=True, text=True)

@@ -39,6 +39,21 @@ def test_num_proc_gives_identical_rows_and_shares_the_cache(tokenizer, tmp_path,
     assert again.cache_hit and again.skipped == {"empty answer": 1}
 
 
+def test_cache_file_joins_chunks_into_few_batches_the_same_for_any_num_proc(tokenizer, tmp_path, monkeypatch):
+    """Opening the cache touches every batch header (64 KB of RSS each): chunks are joined by size, so a
+    larger set does not mean more resident memory, and the joins fall in the same places for any num_proc."""
+    monkeypatch.setattr(pipeline, "BATCH_BYTES", 9000)  # about two chunks of 10 records
+    path = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    files = []
+    for num_proc in (1, 2):
+        monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path / f"cache{num_proc}"))
+        build(tokenizer, path, num_proc=num_proc)
+        files += list((tmp_path / f"cache{num_proc}" / "data").glob("*.arrow"))
+    batches = [pa.ipc.open_stream(pa.memory_map(str(f))).read_all().to_batches() for f in files]
+    assert [b.num_rows for b in batches[0]] == [20, 20, 20] and all(b.nbytes >= 9000 for b in batches[0][:-1])
+    assert files[0].read_bytes() == files[1].read_bytes()
+
+
 def test_parquet_on_two_processes(tokenizer, tmp_path):
     pq.write_table(pa.Table.from_pylist(RECORDS[:60]), tmp_path / "d.parquet", row_group_size=25)
     data = build(tokenizer, tmp_path / "d.parquet", num_proc=2)

@@ -93,7 +93,9 @@ def parse_line(path: str | Path, number: int, raw: bytes) -> dict:
     where = f"{path}:{number}"
     text = _decode(path, raw, number - 1)
     try:
-        record = json.loads(text, object_pairs_hook=_unique_keys)
+        if text.startswith("\ufeff"):  # json.loads' own check, which calling the decoder directly skips
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        record = _DECODER.decode(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{where}: invalid JSON at column {err.colno} ({err.msg}); each line of a JSONL file must "
                         "be one JSON object.") from None
@@ -133,6 +135,10 @@ def _unique_keys(pairs: list) -> dict:
         seen: set = set()
         raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
     return record
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+"""One decoder for every line: ``json.loads`` with a hook builds a new one per call (a tenth of parsing time)."""
 
 
 def _parse_problem(err: Exception) -> str:

@@ -10,7 +10,10 @@ fills ``max_length`` has no supervised token and is reported by the label audit.
 """
 from __future__ import annotations
 
-from typing import Any
+from itertools import chain
+
+import numpy as np
+import pyarrow as pa
 
 from ..conversation import plain_messages
 from ..templates import Template
@@ -68,13 +71,45 @@ class Encoder:
         return [i for ids in self._tokenize([segments])[0] for i in ids]
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        rendered = [self.render(messages) for messages in batch["messages"]]
-        out: dict[str, list] = {k: [] for k in ("input_ids", "labels", "num_tokens", "num_supervised",
-                                                "truncated", "dropped_turns", "eos_labelled")}
-        for segments, seg_ids in zip(rendered, self._tokenize(rendered)):
-            for key, value in self._assemble(seg_ids, [sup for _, sup in segments]).items():
-                out[key].append(value)
-        return out
+        return {key: array.to_pylist() for key, array in self.arrays(batch["messages"]).items()}
+
+    def arrays(self, conversations: list[list[dict]]) -> dict[str, pa.Array]:
+        """The columns of :meth:`__call__` as Arrow arrays, built from flat numpy buffers: ``pa.array`` over a
+        Python list per example cost as much as the rest of the chunk's Python work together."""
+        rendered = [self.render(messages) for messages in conversations]
+        pieces = [ids for example in self._tokenize(rendered) for ids in example]
+        n = len(rendered)
+        counts = np.array([len(segments) for segments in rendered], np.int64)
+        sup = np.array([supervised for segments in rendered for _, supervised in segments], bool)
+        seg_len = np.array([len(ids) for ids in pieces], np.int64)
+        ids = np.fromiter(chain.from_iterable(pieces), np.int64, count=int(seg_len.sum()))
+        example = np.repeat(np.arange(n), counts)
+        # An example that fits keeps every segment up to its last answer; the others are planned turn by turn.
+        last = np.full(n, -1)
+        np.maximum.at(last, example[sup], np.flatnonzero(sup))
+        take = np.where(np.arange(len(seg_len)) <= last[example], seg_len, 0)
+        truncated, dropped = np.zeros(n, bool), np.zeros(n, np.int64)
+        starts = np.cumsum(counts) - counts
+        for i in np.flatnonzero(np.bincount(example, weights=seg_len, minlength=n) > self.max_length):
+            part = slice(starts[i], starts[i] + counts[i])
+            take[part], truncated[i], dropped[i] = self._plan(seg_len[part].tolist(), sup[part].tolist())
+        # Each segment keeps its first ``take`` tokens; context is labelled IGNORE_INDEX.
+        keep = np.arange(len(ids)) - np.repeat(np.cumsum(seg_len) - seg_len, seg_len) < np.repeat(take, seg_len)
+        input_values = ids[keep]
+        label_values = np.where(np.repeat(sup, seg_len), ids, IGNORE_INDEX)[keep]
+        num_tokens = np.bincount(example, weights=take, minlength=n).astype(np.int64)
+        num_supervised = np.bincount(example, weights=take * sup, minlength=n).astype(np.int64)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(num_tokens)]), pa.int32())
+        eos = np.zeros(n, bool)
+        if self.eos_id is not None:
+            eos[np.repeat(np.arange(n), num_tokens)[label_values == self.eos_id]] = True
+        return {
+            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(input_values)),
+            "labels": pa.ListArray.from_arrays(offsets, pa.array(label_values)),
+            "num_tokens": pa.array(num_tokens), "num_supervised": pa.array(num_supervised),
+            "truncated": pa.array(truncated), "dropped_turns": pa.array(dropped),
+            "eos_labelled": pa.array(eos),
+        }
 
     def _tokenize(self, rendered: list[list[tuple[str, bool]]]) -> list[list[list[int]]]:
         """Tokenize every segment of the batch in one tokenizer call (fast tokenizers batch in Rust)."""
@@ -94,29 +129,22 @@ class Encoder:
             return [encoding.ids for encoding in encodings]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def _assemble(self, seg_ids: list[list[int]], supervised: list[bool]) -> dict[str, Any]:
-        input_ids: list[int] = []
-        labels: list[int] = []
-        boundary = kept = 0
+    def _plan(self, lengths: list[int], supervised: list[bool]) -> tuple[list[int], bool, int]:
+        """How many tokens of each segment the example keeps, whether an answer was cut, and how many answers were
+        dropped. Whole turns are kept from the start; only a first answer that does not fit is cut."""
+        takes: list[int] = []
+        used = last = kept = 0
         truncated = False
-        for ids, sup in zip(seg_ids, supervised):
-            room = self.max_length - len(input_ids)
-            if len(ids) > room:
+        for length, sup in zip(lengths, supervised):
+            room = self.max_length - used
+            if length > room:
                 if sup and kept == 0 and room > 0:  # the first answer is cut rather than lost
-                    input_ids += ids[:room]
-                    labels += ids[:room]
-                    boundary, kept, truncated = len(input_ids), 1, True
+                    takes.append(room)
+                    last, kept, truncated = len(takes), 1, True
                 break
-            input_ids += ids
-            labels += ids if sup else [IGNORE_INDEX] * len(ids)
+            takes.append(length)
+            used += length
             if sup:
-                boundary, kept = len(input_ids), kept + 1
+                last, kept = len(takes), kept + 1
         # Context after the last answer teaches nothing; cut after the last supervised token.
-        input_ids, labels = input_ids[:boundary], labels[:boundary]
-        num_supervised = len(labels) - labels.count(IGNORE_INDEX)
-        return {
-            "input_ids": input_ids, "labels": labels, "num_tokens": len(input_ids),
-            "num_supervised": num_supervised, "truncated": truncated,
-            "dropped_turns": sum(supervised) - kept,
-            "eos_labelled": self.eos_id is not None and self.eos_id in labels,
-        }
+        return takes[:last] + [0] * (len(lengths) - last), truncated, sum(supervised) - kept
