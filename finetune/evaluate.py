@@ -46,9 +46,11 @@ def eval_conversations(recipe, tokenizer, template, data: Optional[str] = None,
     spec = recipe.data
     if data or spec.eval:
         path = data or spec.eval
+        # The recipe's column mapping belongs to its format; the source options are read as training read them.
         conversations = read_examples(path, fmt or spec.format, prompt_column=spec.prompt_column,
                                       response_column=spec.response_column, text_column=spec.text_column,
-                                      system=spec.system).conversations
+                                      system=spec.system, columns=None if fmt else spec.columns, split=spec.split,
+                                      subset=spec.subset, revision=spec.revision).conversations
     elif spec.eval_split:
         built = build_datasets(spec, tokenizer, template, recipe.model.max_length, recipe.training.seed)
         conversations = [plain_messages(c) for c in built.eval["messages"]]

@@ -146,3 +146,21 @@ def test_verbalizer_option_of_the_cli(run_dir, tmp_path, capsys):
     assert metrics["scores"]["accuracy"] == pytest.approx(100 * sum(r["prediction"] == r["reference"]
                                                                     for r in rows) / 3)
     assert "accuracy" in capsys.readouterr().out and "accuracy" in metrics["difference"]
+
+
+def test_the_recipes_column_mapping_reads_its_eval_file(run_dir, tmp_path):
+    """A run trained on renamed columns (``data.columns``) is evaluated on its own eval file without ``--data``."""
+    import shutil
+
+    renamed = tmp_path / "eval.jsonl"
+    rows = [json.loads(line) for line in DEMO.read_text(encoding="utf-8").splitlines()[:3]]
+    renamed.write_text("".join(json.dumps({"question": r["instruction"], "context": r["input"],
+                                           "answer": r["output"]}) + "\n" for r in rows), encoding="utf-8")
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    recipe = json.loads((run / "recipe.json").read_text())
+    recipe["data"].update(eval=str(renamed), columns={"instruction": "question", "input": "context",
+                                                      "output": "answer"})
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    assert main([str(run), "--out", str(tmp_path / "out"), "--max-new-tokens", "2"]) == 0
+    predictions = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    assert [p["reference"] for p in predictions] == [r["output"] for r in rows]
