@@ -16,7 +16,7 @@ from typing import Optional
 
 from transformers import TrainerCallback
 
-from .errors import CorruptFileError, check_safetensors
+from .errors import CorruptFileError, check_safetensors_in
 
 __all__ = ["GracefulStop", "MarkComplete", "latest_checkpoint", "latest_run_dir", "write_best", "COMPLETE"]
 
@@ -97,8 +97,7 @@ def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
             logger.warning("Skipping %s: it was not completely written (interrupted while saving?).", folder)
             continue
         try:
-            for weights in folder.glob("*.safetensors"):
-                check_safetensors(weights)
+            check_safetensors_in(folder)
         except CorruptFileError as err:
             logger.warning("Skipping %s: %s", folder, err)
             continue

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["UserError", "UsageError", "RunFolderError", "CorruptFileError", "EXIT_USER_ERROR", "EXIT_INTERRUPTED",
-           "add_verbose_flag", "guarded", "check_safetensors"]
+           "add_verbose_flag", "guarded", "check_safetensors", "check_safetensors_in"]
 
 EXIT_USER_ERROR = 2
 """What argparse exits with for a bad command line; the same for every other mistake."""
@@ -55,6 +55,14 @@ def check_safetensors(path: str | Path) -> None:
     except (SafetensorError, OSError) as err:
         raise CorruptFileError(f"{path} is damaged ({err}); it was probably cut short while being written or "
                                "copied. Copy it again, or use an earlier checkpoint.") from None
+
+
+def check_safetensors_in(folder: str | Path) -> list[Path]:
+    """:func:`check_safetensors` on every ``*.safetensors`` file of ``folder``; returns them, sorted."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    for file in files:
+        check_safetensors(file)
+    return files
 
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:

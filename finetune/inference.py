@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import check_safetensors
+from .errors import check_safetensors_in
 from .methods import get_method
 from .models import Family, load_model, resolve_model
 from .recipe import Recipe, recipe_from_dict
@@ -47,8 +47,7 @@ def load_run(run_dir: str | Path, base: bool = False, dtype: Optional[str] = Non
     for name in ("recipe.json", "template.json"):
         if not (run_dir / name).exists():
             raise FileNotFoundError(f"{run_dir} has no {name}: not a finetune run folder (or an incomplete one).")
-    for weights in sorted(run_dir.glob("*.safetensors")):  # a truncated copy names itself, not a SafetensorError
-        check_safetensors(weights)
+    check_safetensors_in(run_dir)  # a truncated copy names itself, not a SafetensorError deep in the load
     recipe = recipe_from_dict(json.loads((run_dir / "recipe.json").read_text()))
     if dtype:
         recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, dtype=dtype))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .checkpoints import COMPLETE, latest_checkpoint, latest_run_dir
-from .errors import CorruptFileError, RunFolderError, UserError, check_safetensors
+from .errors import CorruptFileError, RunFolderError, UserError, check_safetensors_in
 from .paths import cache_dir
 from .recipe import Recipe, recipe_to_dict
 
@@ -127,8 +127,7 @@ def _checkpoint(recipe: Recipe, resume: bool | str) -> tuple[Path, Path]:
         if not (checkpoint / COMPLETE).exists():
             raise RunFolderError(f"--resume {checkpoint}: not a complete checkpoint folder (no {COMPLETE} marker); "
                                  "give a runs/<run>/checkpoint-N folder, or --resume alone for the latest one.")
-        for weights in checkpoint.glob("*.safetensors"):
-            check_safetensors(weights)
+        check_safetensors_in(checkpoint)
         return checkpoint.parent, checkpoint
     output_dir = recipe.training.output_dir
     run_dir = Path(output_dir) if output_dir else latest_run_dir(recipe.name)

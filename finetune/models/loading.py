@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..attention import resolve_attention
-from ..errors import UsageError, UserError, check_safetensors
+from ..errors import UsageError, UserError, check_safetensors_in
 from ..precision import resolve_dtype
 from ..recipe import ModelSpec
 from .embedded import embedded_model_path, is_embedded
@@ -168,12 +168,9 @@ def check_weights(path: Path, spec: ModelSpec) -> None:
         ModelWeightsError: no usable weights. CorruptFileError: a safetensors file is cut short.
     """
     _check_weights_format(path, spec)
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files and not any(Path(path).glob("*.bin")):
+    if not check_safetensors_in(path) and not any(Path(path).glob("*.bin")):
         raise ModelWeightsError(f"{path} (model.path) has no model weights: expected *.safetensors (or .bin) "
                                 "files beside config.json.")
-    for file in files:
-        check_safetensors(file)
 
 
 def _is_original_chatglm2(family: Family, raw: dict) -> bool:
