@@ -26,10 +26,11 @@ __all__ = ["RunFolder", "open_run_folder", "check_free_space", "expected_bytes",
 
 logger = logging.getLogger(__name__)
 
-RESUMABLE = {"model": {"attn_implementation", "dtype", "trust_remote_code", "allow_pickle"},
-             "data": {"num_proc", "eval"}, "method": set()}
-"""Of the sections a resume cannot change (they change the weights' shapes or the training examples), the fields
-it may: kernels, precision, trust flags, held-out data. ``training`` and ``eval`` may change, with a warning."""
+FIXED_ON_RESUME = {"model": {"attn_implementation", "dtype", "trust_remote_code", "allow_pickle"},
+                   "data": {"num_proc", "eval"}, "method": set()}
+"""Sections a resume cannot change (they shape the weights or the training examples), each with the fields that
+may change all the same: kernels, precision, trust flags, held-out data. ``training`` and ``eval`` may change, with
+a warning."""
 
 
 @dataclass
@@ -151,8 +152,8 @@ def _resumed_record(recipe: Recipe, checkpoint: Path) -> dict:
         raise CorruptFileError(f"{saved_file} is damaged ({err}); restore it or start a fresh run.") from None
     changed = {key: [old, new] for key, (old, new) in _differences(saved, now).items()
                if key not in ("training.output_dir", "resumed")}
-    refused = [key for key in changed if key.split(".")[0] in RESUMABLE
-               and key.split(".")[1] not in RESUMABLE[key.split(".")[0]]]
+    refused = [key for key in changed if key.split(".")[0] in FIXED_ON_RESUME
+               and key.split(".")[1] not in FIXED_ON_RESUME[key.split(".")[0]]]
     if refused:
         shown = "; ".join(f"{key}: {changed[key][0]!r} -> {changed[key][1]!r}" for key in refused[:4])
         raise RunFolderError(f"--resume: this recipe changes what {checkpoint} was trained with ({shown}). The "
