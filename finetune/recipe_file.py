@@ -28,12 +28,11 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise RecipeError(f"Recipe file {path} not found; recipes live in recipes/, e.g. recipes/smollm2_lora.py")
     try:
         namespace = runpy.run_path(str(path))
-    except RecipeError as err:
-        raise RecipeError(f"{path}:{_line_in(path, err)}: {err}") from None
     except SyntaxError as err:
         raise RecipeError(f"{path}:{err.lineno}: {err.msg}; the recipe file is not valid Python.") from None
     except Exception as err:  # noqa: BLE001 - anything a recipe file's own code raises is the user's to fix
-        raise RecipeError(f"{path}:{_line_in(path, err)}: {type(err).__name__}: {err}") from None
+        kind = "" if isinstance(err, RecipeError) else f"{type(err).__name__}: "  # a RecipeError says it all
+        raise RecipeError(f"{path}:{_line_in(path, err)}: {kind}{err}") from None
     recipe = namespace.get("recipe")
     if not isinstance(recipe, Recipe):
         raise RecipeError(f"{path} must define `recipe = Recipe(...)` at module level (found {type(recipe).__name__}).")
