@@ -209,12 +209,12 @@ def save_or_rescue(save: Callable[[str], None], folder: Path) -> None:
     except OSError as err:
         failure = f"{err.filename or folder}: {err.strerror or err}"
     tried = []
-    for root in (cache_dir("rescued"), Path(tempfile.gettempdir())):
-        try:
-            rescue = Path(tempfile.mkdtemp(prefix=f"{folder.name}-", dir=root))
+    for root in (lambda: cache_dir("rescued"), lambda: Path(tempfile.gettempdir())):
+        try:  # making the cache folder can fail on the same full disk: inside the try too
+            rescue = Path(tempfile.mkdtemp(prefix=f"{folder.name}-", dir=root()))
             save(str(rescue))
         except OSError as err:
-            tried.append(f"{root}: {err.strerror or err}")
+            tried.append(f"{err.filename}: {err.strerror or err}")
             continue
         raise RunFolderError(f"The trained weights could not be saved to {folder} ({failure}); they were saved to "
                              f"{rescue} instead. Free space, then move that folder's files into {folder}.")
