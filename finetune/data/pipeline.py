@@ -39,7 +39,7 @@ memory-maps it and reads it as an Arrow stream) touches every batch's header, an
 file into the process: 1,000-row batches made the peak RSS grow by 64 MB per million examples."""
 
 _MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("input", pa.string())])
-_IDS = pa.list_(pa.int64())
+_IDS = pa.list_(pa.int32())
 SCHEMA = pa.schema([
     ("messages", pa.list_(_MESSAGE)), ("line", pa.int64()), ("input_ids", _IDS), ("labels", _IDS),
     ("num_tokens", pa.int64()), ("num_supervised", pa.int64()), ("truncated", pa.bool_()),

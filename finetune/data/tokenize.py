@@ -21,8 +21,8 @@ from ..templates import Template
 __all__ = ["Encoder", "IGNORE_INDEX", "auto_prefix_ids", "plain_messages"]
 
 IGNORE_INDEX = -100
-ENCODER_VERSION = 3
-"""Bump when the encoding changes, so cached tokenized data is rebuilt."""
+ENCODER_VERSION = 4
+"""Bump when the encoding changes, so cached tokenized data is rebuilt (4: ids stored as int32)."""
 
 
 def auto_prefix_ids(tokenizer) -> list[int]:
@@ -82,7 +82,7 @@ class Encoder:
         counts = np.array([len(segments) for segments in rendered], np.int64)
         sup = np.array([supervised for segments in rendered for _, supervised in segments], bool)
         seg_len = np.array([len(ids) for ids in pieces], np.int64)
-        ids = np.fromiter(chain.from_iterable(pieces), np.int64, count=int(seg_len.sum()))
+        ids = np.fromiter(chain.from_iterable(pieces), np.int32, count=int(seg_len.sum()))
         example = np.repeat(np.arange(n), counts)
         # An example that fits keeps every segment up to its last answer; the others are planned turn by turn.
         last = np.full(n, -1)
