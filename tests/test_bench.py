@@ -75,3 +75,19 @@ def test_rounds_report_the_fastest_and_keep_every_rate():
     best = bench._fastest(rounds)
     assert best["round"] == 3 and best["rounds_real_tokens_per_s"] == [100.0, 130.0]
     assert "error" in bench._fastest([{"error": "killed"}])
+
+
+def test_load_bench_runs_a_baseline_commit_beside_this_checkout(tmp_path):
+    """bench_load with --baseline: the baseline's package is the one extracted from git (the child asserts it),
+    each configuration gets a row with its median and ratio, and both read the same records."""
+    out = tmp_path / "load.json"
+    subprocess.run([sys.executable, str(ROOT / "bench/bench_load.py"), "--examples", "300", "--num-proc", "1",
+                    "--baseline", "HEAD", "--out", str(out)], check=True, cwd=ROOT, capture_output=True, timeout=300)
+    results = json.loads(out.read_text())
+    assert [(run["code"], run["num_proc"]) for run in results["runs"]] == [("HEAD", 0), ("this checkout", 1)]
+    assert all(run["cold"]["kept"] == 300 and not run["cold"]["cache_hit"] and run["warm"]["cache_hit"]
+               for run in results["runs"])
+    baseline, ours = results["summary"]
+    assert baseline["ratio"] == 1.0 and ours["ratio"] == round(
+        ours["median_examples_per_s"] / baseline["median_examples_per_s"], 2)
+    assert 0 < ours["median_parent_cpu_us_per_example"] <= ours["median_cpu_us_per_example"]
