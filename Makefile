@@ -14,7 +14,7 @@ MASTER_PORT ?= 29500
 ACCELERATE_CONFIG ?=
 PORT ?= 6006
 
-.PHONY: install demo demo-ptuning demo-qlora train train-ddp train-accelerate dashboard report bench gpu-check gpu-wheels test test-slow verify-gguf quality style clean
+.PHONY: install demo demo-ptuning demo-qlora train train-ddp train-accelerate dashboard report bench gpu-check gpu-wheels test test-slow test-avx2 verify-gguf quality style clean
 
 install: $(VENV)/.installed
 
@@ -75,6 +75,14 @@ test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer (+
 
 test-slow: install  ## trains the real SmolLM2-135M
 	$(PY) -m pytest -m slow -q
+
+# A CPU without native bf16 (AVX2 only) rounds bf16 differently and `auto` picks fp32 there. These variables make a
+# CPU with AVX512-BF16/AMX run as one: torch's kernels capped at AVX2 and oneDNN's bf16 kernels off, so bf16 runs
+# in torch's emulation (tests/test_precision.py checks that the bits of a bf16 matmul really change).
+AVX2_ENV := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+
+test-avx2: install  ## the bf16-sensitive tests (fast and slow) as a CPU without native bf16 runs them
+	$(AVX2_ENV) $(PY) -m pytest -m bf16 -q
 
 # Verification only, never in the default install: pip builds llama.cpp from source with cmake (~17 min on 2 cores).
 # Without -march=native: a native build died with "Illegal instruction" on its first q8_0 matmul on a VM whose CPU

@@ -241,6 +241,7 @@ def main() -> None:
     import torch
 
     from finetune.models import embedded_model_path
+    from finetune.precision import machine_kind
 
     smollm2 = embedded_model_path("smollm2-135m-instruct")  # converted once, cached
     model_path = smollm2 if args.model == "smollm2" else tiny_model(smollm2.parent / "bench-tiny-llama", smollm2)
@@ -261,7 +262,8 @@ def main() -> None:
     peak = {k: max(v, matmul_peak(device)[k]) for k, v in peak.items()}
     summary = summarise(results, peak, args.model)
     summary.update(steps=args.steps, skip=args.skip, rounds=args.rounds, batch_size=BATCH, examples=EXAMPLES,
-                   device=device, torch_threads=torch.get_num_threads(), data_lengths=_lengths(model_path))
+                   device=device, machine=machine_kind(device), torch_threads=torch.get_num_threads(),
+                   data_lengths=_lengths(model_path))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))

@@ -180,12 +180,13 @@ def main() -> None:
     for a, b in pairs:
         rouge_l(a, b)
     per_lcs = (time.perf_counter() - lcs_start) / len(pairs)
+    from finetune.precision import machine_kind
     result = {
         "examples": args.examples, "seconds": round(seconds, 2), "examples_per_s": round(args.examples / seconds),
         "kept": report.kept, "dropped": dict(report.dropped.most_common()), "brute_force_pairs": report.pairs,
         "index_candidates": report.candidates, "exact_lcs": report.lcs,
         "lcs_avoided": report.pairs - report.lcs, "lcs_avoided_share": round(1 - report.lcs / report.pairs, 6),
-        "brute_force_lcs_estimate_s": round(per_lcs * report.pairs, 1),
+        "brute_force_lcs_estimate_s": round(per_lcs * report.pairs, 1), "machine": machine_kind("cpu"),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

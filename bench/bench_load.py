@@ -140,8 +140,10 @@ def main() -> None:
         baseline_data = tmp / "big.jsonl"
         if args.baseline and not baseline_data.exists():
             write_data(baseline_data, args.examples)
+        from finetune.precision import machine_kind
         results = {"examples": args.examples, "source": args.source, "file_mb": round(data.stat().st_size / 2**20, 1),
-                   "cores": len(os.sched_getaffinity(0)), "note": args.note, "baseline": args.baseline, "runs": []}
+                   "cores": len(os.sched_getaffinity(0)), "machine": machine_kind("cpu"), "note": args.note,
+                   "baseline": args.baseline, "runs": []}
         for round_ in range(args.rounds):
             for code, num_proc in configs:
                 command = [sys.executable, __file__, "--run", str(baseline_data if code else data), str(num_proc)]

@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device: run with --device cpu (--smoke) to exercise the script on the CPU")
     from finetune.models import get_family, load_tokenizer
-    from finetune.precision import native_bf16
+    from finetune.precision import machine_kind, native_bf16
 
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
@@ -375,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     data = write_data(work / "train.jsonl")
     report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "smoke": args.smoke,
               "torch": torch.__version__, "transformers": transformers.__version__,
-              "native_bf16": native_bf16(args.device), "missing_packages": still_missing}
+              "native_bf16": native_bf16(args.device), "machine": machine_kind(args.device),
+              "missing_packages": still_missing}
     report["matmul_peak_gflops"] = peak = matmul_peak(args.device)
     stages = {"methods": lambda: check_methods(models, data, work / "runs", args.steps or (3 if args.smoke else 8)),
               "kernels": lambda: check_kernels(args.device, models["llama"], tokenizer),

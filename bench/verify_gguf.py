@@ -34,7 +34,8 @@ def main() -> int:
     run_dir = Path(args.run) if args.run else _demo_run()
     out_dir = Path(args.out_dir) if args.out_dir else run_dir / "gguf"
     prompts, reference, tokenizer = _pytorch_answers(run_dir, args.data, args.limit)
-    results = {"run": str(run_dir), "prompts": len(prompts), "quants": {}}
+    from finetune.precision import machine_kind
+    results = {"run": str(run_dir), "prompts": len(prompts), "machine": machine_kind("cpu"), "quants": {}}
     for quant in args.quants.split(","):
         path = out_dir / f"{run_dir.name}-{quant}.gguf"
         subprocess.run([sys.executable, "-m", "finetune.export", str(run_dir), str(path), "--quant", quant],

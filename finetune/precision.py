@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["native_bf16", "resolve_dtype", "compute_dtype", "upcast_trainable", "weights_dtype"]
+__all__ = ["native_bf16", "machine_kind", "resolve_dtype", "compute_dtype", "upcast_trainable", "weights_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +35,36 @@ def native_bf16(device_type: str | None = None) -> bool:
     """Whether bf16 matmuls run natively (faster than fp32) on the device training will use.
 
     CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and later). CPU: the AVX512-BF16 or AMX-BF16 instructions
-    (``/proc/cpuinfo``); without them oneDNN emulates bf16, which is slower than fp32.
+    (``/proc/cpuinfo``), and torch allowed to use them: ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` (how
+    ``make test-avx2`` stands in for an AVX2-only CPU) turns oneDNN's bf16 kernels off, and bf16 then runs in
+    torch's emulation, slower than fp32, exactly as on a CPU without the instructions.
     """
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
+    return bool(_cpu_bf16_flags()) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _cpu_bf16_flags() -> list[str]:
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:  # not Linux: no cheap way to tell, so no bf16 by default
-        return False
-    return any(flag in flags for flag in _NATIVE_BF16_FLAGS)
+        return []
+    return sorted({flag for flag in flags if flag in _NATIVE_BF16_FLAGS})
+
+
+def machine_kind(device_type: str | None = None) -> str:
+    """Which kind of machine a measurement was taken on, for every benchmark result and README number: a bf16
+    figure from a CPU with native bf16 says nothing about one without (and the reverse)."""
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda":
+        return f"GPU {torch.cuda.get_device_name()} ({'native' if native_bf16('cuda') else 'no'} bf16)"
+    if native_bf16("cpu"):
+        return f"CPU with native bf16 ({', '.join(_cpu_bf16_flags())}), {torch.get_num_threads()} threads"
+    emulated = " (instructions present, turned off by ATEN_CPU_CAPABILITY/ONEDNN_MAX_CPU_ISA)" if _cpu_bf16_flags() \
+        else ""
+    return (f"CPU without native bf16{emulated}: bf16 emulated, ISA {torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads")
 
 
 def resolve_dtype(name: str) -> torch.dtype:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("finetune_lora_padding_free", "finetune_lora_padding_free_fp32", "hf_flattening", "hf_flattening_bf16")
 
@@ -28,6 +30,7 @@ def test_bench_data_is_long_tailed(tmp_path):
     assert words[len(words) // 2] < 30 and words[-1] > 150  # most answers short, a tail of long ones
 
 
+@pytest.mark.bf16  # the default precision follows the CPU; peers run in fp32 and bf16
 def test_bench_runs_and_writes_results(tmp_path):
     out = tmp_path / "results.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--model", "tiny", "--steps", "4",

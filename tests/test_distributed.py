@@ -19,6 +19,10 @@ from finetune.inference import load_run
 from finetune.recipe import QuantSpec, recipe_to_dict
 from finetune.train import train
 
+# bf16-sensitive (processes train in the default precision, bf16 where native): make test-avx2 reruns them
+# without native bf16.
+pytestmark = pytest.mark.bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "dist_driver.py"
 WEIGHTS = ("adapter_model.safetensors", "prefix_encoder.safetensors", "model.safetensors")
@@ -111,8 +115,12 @@ def test_two_processes_make_the_single_process_update(name, ddp_and_single):
     reference, reloaded = load_run(single_run).model, load_run(ddp_run).model
     ids = torch.tensor([[7, 8, 9, 10, 11]])
     with torch.no_grad():
-        difference = (reference(ids).logits.float() - reloaded(ids).logits.float()).abs().max()
-    assert difference <= (1e-4 if atol < 1e-4 else 5e-2), f"{name}: reloaded outputs differ by {difference:.2e}"
+        expected = reference(ids).logits.float()
+        difference = (expected - reloaded(ids).logits.float()).abs().max()
+    # bf16 logits carry 8 significant bits: two loads whose weights differ by ``atol`` may round the largest logit
+    # two steps apart (full_tied in bf16 on an AVX2 CPU, where bf16 is emulated: 6.25e-2 at logits of about 6).
+    bound = 1e-4 if atol < 1e-4 else max(5e-2, 2 * 2.0 ** -7 * float(expected.abs().max()))
+    assert difference <= bound, f"{name}: reloaded outputs differ by {difference:.2e} (bound {bound:.2e})"
 
 
 def test_only_rank_0_writes_into_the_run_folders(ddp_and_single):

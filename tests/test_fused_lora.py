@@ -62,6 +62,7 @@ def test_fused_adapter_saves_loads_and_merges_as_peft(tiny_llama, tokenizer, tmp
         assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
 
 
+@pytest.mark.bf16  # a bf16 base with fp32 adapters
 def test_off_the_plain_path_peft_forward_runs(tiny_llama, tokenizer):
     """DoRA, merged weights, disabled adapters and a bf16 base with fp32 adapters take peft's own forward."""
     ids = torch.tensor([tokenizer("Hello there")["input_ids"]])

@@ -9,6 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# bf16-sensitive (the check trains every method in this CPU's bf16): make test-avx2 reruns them without native bf16.
+pytestmark = pytest.mark.bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -23,7 +23,13 @@ def run(model_path, train_file, tmp_path, quantization=None, dtype="float32"):
                               learning_rate=5e-2), eval=EvalSpec(samples=0))).output_dir
 
 
-# bf16: the merged weights are rounded to bf16 once, which moves logits of order 1 by a few thousandths.
+# bf16: the merged weights are rounded to bf16 once, which moves logits of order 1 by a few thousandths (0.0044
+# measured with native bf16 and emulated alike). On a tiny random model some next tokens are near-tied, and one of
+# 23 greedy tokens flips under emulated bf16's rounding (AVX2) but not native (AVX512-BF16). So the logit bound is
+# the check; the report's top-1 agreement is required only where the reference's top-2 margin exceeds twice the
+# measured difference (no difference of that size can swap them there), and at least half the probe tokens must be
+# such positions, so a merge that flattened the logits would fail.
+@pytest.mark.bf16
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-4), ("bfloat16", 3e-2)])
 def test_merged_lora_matches_the_adapter_and_loads_with_automodel(dtype, tolerance, tiny_llama, alpaca_file, tmp_path):
     run_dir = run(tiny_llama, alpaca_file, tmp_path, dtype=dtype)
@@ -32,7 +38,10 @@ def test_merged_lora_matches_the_adapter_and_loads_with_automodel(dtype, toleran
                           capture_output=True, text=True, check=True)
     assert "Merged LoRA run" in done.stdout
     report = json.loads((out / "merge_report.json").read_text())
-    assert report["max_abs_logit_diff"] < tolerance and report["top1_agreement"] == 1.0
+    assert report["max_abs_logit_diff"] < tolerance
+    assert report["top1_agreement_decisive"] == 1.0 and report["decisive_tokens"] >= report["probe_tokens"] / 2
+    if dtype == "float32":  # no rounding to speak of: every token agrees
+        assert report["top1_agreement"] == 1.0
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=getattr(torch, dtype)).eval()
     assert not any("lora" in k for k in merged.state_dict())
     adapter = load_run(run_dir)

@@ -39,6 +39,7 @@ if "norms_only" not in method_names():
     register_method(NORMS)
 
 
+@pytest.mark.bf16  # trains and reloads in the default precision (bf16 where native)
 def test_a_method_registered_in_one_file_trains_saves_reloads_and_evaluates(tiny_llama, alpaca_file, tmp_path):
     recipe = Recipe(
         name="toy", model=ModelSpec(path=str(tiny_llama), max_length=96),

@@ -24,10 +24,14 @@ from finetune.methods import apply_method
 from finetune.methods.fused_lora import FusedLoraLinear
 from finetune.methods.ptuning import apply_ptuning
 from finetune.models import get_family, load_model
-from finetune.precision import upcast_trainable
+from finetune.precision import native_bf16, upcast_trainable
 from finetune.recipe import QuantSpec
 from finetune.train import train, training_arguments
 from finetune.trainers import SFTTrainer
+
+# bf16-sensitive (every test compares bf16 against fp32 or a reload): make test-avx2 reruns them without
+# native bf16.
+pytestmark = pytest.mark.bf16
 
 LOSS_TOLERANCE = 0.01  # relative, per logged step
 LORA = LoraSpec(r=4, alpha=8, dropout=0.0)
@@ -340,3 +344,35 @@ def test_padding_free_collator_gives_flash_attention_its_varlen_arguments():
     assert ours["max_length_q"] == ours["max_length_k"] == theirs["max_length_q"] == 9
     assert torch.equal(ours["input_ids"], theirs["input_ids"])
     assert "cu_seq_lens_q" not in PaddingFreeCollator()(features)  # sdpa_packed reads the position ids instead
+
+
+_AVX2_PROBE = """
+import json, torch
+from finetune.precision import machine_kind, native_bf16, resolve_dtype
+torch.manual_seed(0)
+a, b = torch.randn(256, 256).bfloat16(), torch.randn(256, 256).bfloat16()
+print(json.dumps({"native": native_bf16(), "auto": str(resolve_dtype("auto")), "kind": machine_kind(),
+                  "capability": torch.backends.cpu.get_cpu_capability(), "bits": (a @ b).view(torch.int16).tolist()}))
+"""
+
+
+@pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no native bf16: make test is already the AVX2 run")
+def test_the_avx2_stand_in_really_runs_other_bf16_kernels():
+    """``make test-avx2`` is worth running only if its variables change what computes: the same bf16 matmul must
+    give other bits, ``auto`` must pick fp32 and the machine must be reported as one without native bf16."""
+    import os
+    import subprocess
+    import sys
+
+    def probe(**env):
+        base = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+        out = subprocess.run([sys.executable, "-c", _AVX2_PROBE], capture_output=True, text=True, check=True,
+                             env={**base, **env}).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    native = probe()
+    stand_in = probe(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    assert native["native"] and native["auto"] == "torch.bfloat16" and "native bf16" in native["kind"]
+    assert not stand_in["native"] and stand_in["auto"] == "torch.float32" and stand_in["capability"] == "AVX2"
+    assert "without native bf16" in stand_in["kind"]
+    assert native["bits"] != stand_in["bits"]

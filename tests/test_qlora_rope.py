@@ -8,6 +8,10 @@ from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, RecipeErro
 from finetune.recipe import QuantSpec
 from finetune.train import train
 
+# bf16-sensitive (4-bit kernels and RoPE in the default precision, bf16 where native): make test-avx2 reruns
+# them without native bf16.
+pytestmark = pytest.mark.bf16
+
 
 def recipe(model_path, train_file, tmp_path, **model):
     return Recipe(

@@ -23,6 +23,7 @@ def test_embedded_model_answers_before_any_training(smollm2_path, tokenizer):
     assert "Paris" in answer[0]
 
 
+@pytest.mark.bf16  # trains and reloads in the default precision (bf16 where native)
 def test_short_lora_run_learns_and_reloads_with_plain_peft(smollm2_path, tokenizer, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
