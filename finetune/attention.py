@@ -24,6 +24,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .errors import UsageError
+
 __all__ = ["PACKED_SDPA", "packed_sdpa_attention", "packed_sdpa_mask", "segment_lengths", "resolve_attention"]
 
 PACKED_SDPA = "sdpa_packed"
@@ -116,13 +118,29 @@ def resolve_attention(name: str, config: dict) -> str:
     """``model.attn_implementation`` with ``auto`` decided.
 
     ``auto`` is the packed SDPA above, except for models with sliding-window attention (its mask is not plain
-    causal), which keep transformers' ``sdpa``. flash-attention's kernels are used only when asked for by name.
+    causal), which keep transformers' ``sdpa`` (Mistral, Gemma 3), and models that soft-cap attention logits
+    (Gemma 2), which SDPA cannot do: they get ``eager``. flash-attention's kernels are used only when asked for by
+    name. Both fallbacks train padding-free too: transformers builds their mask from the restarting positions
+    (tests/test_attention.py checks loss and gradients against padded batches).
 
     Args:
         config: the checkpoint's ``config.json`` as a dict.
     """
+    unsupported = _packed_cannot(config)
+    if name == PACKED_SDPA and unsupported:
+        raise UsageError(f"model.attn_implementation={PACKED_SDPA} cannot run this model: {unsupported}; leave it "
+                         "on auto.")
     if name != "auto":
         return name
+    if config.get("attn_logit_softcapping"):
+        return "eager"
+    return "sdpa" if unsupported else PACKED_SDPA
+
+
+def _packed_cannot(config: dict) -> str | None:
+    """Why the packed kernel would compute something else than the model's own attention, or None."""
+    if config.get("attn_logit_softcapping"):
+        return "its attention logits are soft-capped (Gemma 2)"
     if config.get("sliding_window") or config.get("use_sliding_window"):
-        return "sdpa"
-    return PACKED_SDPA
+        return "it attends through a sliding window"
+    return None

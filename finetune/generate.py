@@ -27,7 +27,7 @@ def generate(model, tokenizer, template, conversations: Sequence[list[dict]], ma
     was_training = model.training
     model.eval()
     kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
-              "eos_token_id": tokenizer.eos_token_id, **generate_kwargs}
+              "eos_token_id": encoder.stop_ids or tokenizer.eos_token_id, **generate_kwargs}
     if not kwargs["do_sample"]:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     answers = []

@@ -110,7 +110,14 @@ class DataSpec:
     "question", "output": "answer"}`` (LLaMA-Factory's ``dataset_info`` columns). On the command line:
     ``data.columns=instruction=question,output=answer`` or a JSON object."""
     template: str = "auto"
-    """Prompt template name; ``auto`` takes the model family's default."""
+    """Prompt template name; ``auto`` takes the tokenizer's own chat template (``tokenizer``) when it has one, the
+    model family's template otherwise."""
+    thinking: str = "auto"
+    """Assistant reasoning (``reasoning_content`` or a leading ``<think>…</think>``): ``keep`` trains it (inline
+    as ``<think>`` text where the template cannot show it), ``drop`` removes it and turns the chat template's
+    ``enable_thinking`` off, ``auto`` keeps it where the template shows reasoning and refuses it elsewhere."""
+    tools: str = ""
+    """A JSON file holding a list of tool schemas (OpenAI style) for every example that has no ``tools`` field."""
     eval: str = ""
     """Held-out data (same kinds as ``train``; ``hub:NAME:SPLIT`` names its split); when empty, ``eval_split`` of the
     training set is held out instead."""
@@ -147,6 +154,7 @@ class DataSpec:
         _check_choice("data.format", self.format, DATA_FORMATS)
         _check_choice("data.batching", self.batching, ("auto", "padded", "padding_free", "group_by_length"))
         _check_choice("data.overlong", self.overlong, ("truncate", "drop", "error"))
+        _check_choice("data.thinking", self.thinking, ("auto", "keep", "drop"))
         if isinstance(self.columns, str):  # from a command-line override
             object.__setattr__(self, "columns", _parse_columns(self.columns))
         if self.num_proc < 0:

@@ -11,13 +11,16 @@ SmolLM2, ``[gMASK]sop`` for ChatGLM2), so a template never doubles or drops them
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from .conversation import user_text
 from .errors import UsageError
 
-__all__ = ["Template", "TokenizerTemplate", "get_template", "register_template", "template_names", "Segment"]
+__all__ = ["Template", "TemplateError", "TokenizerTemplate", "chat_messages", "get_template", "register_template",
+           "template_names", "Segment"]
 
 Segment = tuple[str, bool]
 """A piece of rendered text and whether its tokens are supervised."""
@@ -56,7 +59,8 @@ class Template:
     """False for formats (ChatGLM2) whose history answers carry no end token; the last answer still gets one."""
     strip_content: bool = False
 
-    def render(self, messages: Sequence[dict], *, bos: str = "", eos: str = "", tokenizer: Any = None) -> list[Segment]:
+    def render(self, messages: Sequence[dict], *, bos: str = "", eos: str = "", tokenizer: Any = None,
+               tools: Optional[list] = None) -> list[Segment]:
         """Render a conversation; a trailing user turn renders as the generation prompt.
 
         The first segment is always the prefix (possibly empty), so the encoder can map ``{bos}`` to the
@@ -67,7 +71,14 @@ class Template:
             bos: text of the tokenizer's automatic prefix tokens.
             eos: the tokenizer's end-of-sequence token text.
             tokenizer: unused here; :class:`TokenizerTemplate` needs it.
+            tools: refused: a named template has no way to show tool schemas or calls.
+
+        Raises:
+            TemplateError: the conversation has tools, tool calls or tool results.
         """
+        if tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+            raise TemplateError(f"template {self.name!r} cannot show tools, tool calls or tool results; train tool "
+                                "data with the model's own chat template (data.template=tokenizer).")
         system, turns = _split_system(messages)
         has_input = bool(turns and turns[0].get("input"))
         if system is None:
@@ -108,34 +119,109 @@ class Template:
 class TokenizerTemplate:
     """The tokenizer's own chat template (``apply_chat_template``), split into supervised segments.
 
-    Each answer's text is found by rendering the conversation with and without it, so any Jinja chat
-    template that renders prefixes consistently (ChatML, Llama-3, Qwen, ...) gets a correct loss mask.
+    The text is the one ``apply_chat_template`` renders for the whole conversation, so a model trains on exactly
+    what it is shown at inference; the encoder tokenizes it in one piece (``whole_text``), so the ids equal
+    ``apply_chat_template(..., tokenize=True)``. Each assistant turn is found in that text by the two strings the
+    template writes around every answer, read off the template once: the generation prompt before it
+    (``<|im_start|>assistant\n``) and the end of the turn after it (``<|im_end|>\n``). An answer is supervised as
+    the full text shows it: Qwen3's template drops the reasoning of answers before the last user query, so those
+    train without it (rendering each turn alone and slicing, the earlier method, cut the next user turn instead).
     """
 
     name: str = "tokenizer"
+    enable_thinking: Optional[bool] = None
+    """Passed to the chat template (Qwen3's switch); ``False`` when the run trained without reasoning
+    (``data.thinking=drop``), so inference opens the answer with the same empty think block."""
 
-    def render(self, messages: Sequence[dict], *, bos: str = "", eos: str = "", tokenizer: Any = None) -> list[Segment]:
+    whole_text = True
+    """The encoder tokenizes the concatenated segments once and splits the ids at segment boundaries."""
+
+    def render(self, messages: Sequence[dict], *, bos: str = "", eos: str = "", tokenizer: Any = None,
+               tools: Optional[list] = None) -> list[Segment]:
+        chat = chat_messages(messages)
+        text = self.apply(tokenizer, chat, tools=tools, add_generation_prompt=chat[-1]["role"] != "assistant")
+        header, opening, closing = self.markers(tokenizer)
+        segments: list[Segment] = [("", False)]
+        cursor = 0
+        for turn, message in enumerate(chat):
+            if message["role"] != "assistant":
+                continue
+            found = text.find(header, cursor)
+            end = text.find(closing, found + len(header)) if found >= 0 else -1
+            if end < 0:
+                raise TemplateError(f"assistant turn {turn}: the chat template did not write it between {header!r} "
+                                    f"and {closing!r} as it does for every other answer; use a named template.")
+            # The rest of the generation prompt (Qwen3's empty think block when thinking is off) is context.
+            start = found + (len(opening) if text.startswith(opening, found) else len(header))
+            segments += [(text[cursor:start], False), (text[start:end + len(closing)], True)]
+            cursor = end + len(closing)
+        segments.append((text[cursor:], False))
+        return segments[:1] + [seg for seg in segments[1:] if seg[0]]
+
+    def apply(self, tokenizer: Any, chat: list[dict], **kwargs) -> str:
+        """``apply_chat_template`` as text, with this template's switches and one clear error for what it refuses."""
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise UsageError("Template 'tokenizer' needs a tokenizer with a chat_template; pick a named template.")
-        plain = [{"role": m["role"], "content": user_text(m)} for m in messages]
-        segments: list[Segment] = []
-        done = ""
-        for i, message in enumerate(plain):
-            if message["role"] == "assistant":
-                head = tokenizer.apply_chat_template(plain[:i], tokenize=False, add_generation_prompt=True)
-                segments.append((head[len(done):], False))
-                done = tokenizer.apply_chat_template(plain[: i + 1], tokenize=False)
-                if not done.startswith(head):
-                    raise ValueError("The tokenizer's chat template does not render prefixes consistently.")
-                segments.append((done[len(head):], True))
-        if plain and plain[-1]["role"] != "assistant":
-            head = tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
-            segments.append((head[len(done):], False))
-        # The chat template writes its own special tokens, so no automatic prefix is added in front.
-        return [("", False)] + [s for s in segments if s[0]]
+        if self.enable_thinking is not None:
+            kwargs["enable_thinking"] = self.enable_thinking
+        if kwargs.get("tools") is None:
+            kwargs.pop("tools", None)
+        try:
+            return tokenizer.apply_chat_template(chat, tokenize=False, **kwargs)
+        except Exception as err:  # jinja's raise_exception() in the template: "System role not supported", ...
+            raise TemplateError(f"the tokenizer's chat template refused this conversation: {err}") from None
+
+    def markers(self, tokenizer: Any) -> tuple[str, str, str]:
+        """What the template writes around every answer: the header before it, the generation prompt (the header
+        and whatever inference adds to it) and the end of the turn. Read off a two-turn probe once per tokenizer."""
+        key = (id(tokenizer), tokenizer.chat_template, self.enable_thinking)
+        if key not in _MARKERS:
+            _MARKERS[key] = self._probe(tokenizer)
+        return _MARKERS[key]
+
+    def _probe(self, tokenizer: Any) -> tuple[str, str, str]:
+        first, second = "\ue000", "\ue001"  # private-use characters: no template changes them
+        user = {"role": "user", "content": "x"}
+        bare = self.apply(tokenizer, [user])
+        asked = self.apply(tokenizer, [user], add_generation_prompt=True)
+        two = self.apply(tokenizer, [user, {"role": "assistant", "content": first}, user,
+                                     {"role": "assistant", "content": second}])
+        if not (asked.startswith(bare) and two.startswith(bare) and first in two and second in two):
+            raise TemplateError("the chat template does not render a conversation's beginning the same way as the "
+                                "whole conversation, so answers cannot be located; use a named template.")
+        opening = asked[len(bare):]
+        header = os.path.commonprefix([opening, two[len(bare):two.index(first)]])
+        closing = os.path.commonprefix([two[two.index(first) + 1:], two[two.index(second) + 1:]])
+        if not header or not closing:
+            raise TemplateError(f"the chat template writes no generation prompt ({opening!r}) or no end of turn "
+                                f"({closing!r}), so answers cannot be located (Llama 3.0's first template appends "
+                                "the prompt to every rendering); use a named template (data.template=llama3, ...).")
+        return header, opening, closing
 
     def to_dict(self) -> dict:
-        return {"class": "TokenizerTemplate", "name": self.name}
+        return {"class": "TokenizerTemplate", "name": self.name, "enable_thinking": self.enable_thinking}
+
+
+_MARKERS: dict[tuple, tuple[str, str, str]] = {}
+
+
+class TemplateError(UsageError):
+    """A conversation the template cannot render, or a template whose answers cannot be located."""
+
+
+def chat_messages(messages: Sequence[dict]) -> list[dict]:
+    """Messages as chat templates expect them: an Alpaca ``input`` joined to its instruction, ``tool_calls`` as
+    objects (they travel as JSON text in the data cache), and an empty system prompt (``data.system=""``) left
+    out, since inference never sends one."""
+    chat = []
+    for message in messages:
+        out = {k: v for k, v in message.items() if k != "input" and v is not None}
+        out["content"] = user_text(message)
+        if isinstance(out.get("tool_calls"), str):
+            out["tool_calls"] = json.loads(out["tool_calls"])
+        if not (out["role"] == "system" and not out["content"]):
+            chat.append(out)
+    return chat
 
 
 def _split_system(messages: Sequence[dict]) -> tuple[Optional[str], list[dict]]:
@@ -239,6 +325,27 @@ for _template in [
         name="dialogsum", system="{system}\n\n", default_system="\n" + ALPACA_HEADER,
         user="### Instruct: Summarize the below conversation.\n\n{content}\n\n### Output:\n",
         assistant="{content}\n\n### End{eos}", separator="\n\n"),
+    # Today's families, for tokenizers that ship without their chat template (base checkpoints, gemma2's npm
+    # package); each is the model's own template as its tokenizer_config.json writes it.
+    # Llama 3 Instruct: headers per turn, <|eot_id|> ends each. Like Gemma's below, the template writes its BOS
+    # itself, as its chat template does: not every Llama 3 tokenizer prepends one.
+    Template(
+        name="llama3", prefix="<|begin_of_text|>", system="<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
+        user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
+             "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        assistant="{content}<|eot_id|>", strip_content=True),
+    # Mistral-7B-Instruct v0.1/v0.2: no system role, so a system prompt opens the first [INST].
+    Template(name="mistral", system="{system}\n\n", system_in_first_user=True, user="[INST] {content} [/INST]"),
+    # Gemma (1, 2, 3): "model" turns; no system role, so a system prompt opens the first user turn (as Gemma 3's
+    # own template does); <end_of_turn> ends each turn.
+    Template(
+        name="gemma", prefix="<bos>", system="{system}\n\n", system_in_first_user=True, strip_content=True,
+        user="<start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n",
+        assistant="{content}<end_of_turn>\n"),
+    # Phi-3 / Phi-3.5 mini instruct: <|end|> ends each turn.
+    Template(
+        name="phi3", prefix="", system="<|system|>\n{system}<|end|>\n",
+        user="<|user|>\n{content}<|end|>\n<|assistant|>\n", assistant="{content}<|end|>\n"),
     TokenizerTemplate(),
 ]:
     register_template(_template)

@@ -50,7 +50,7 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
             newest ``runs/<name>-*``), or from the checkpoint folder given as a path.
     """
     set_seed(recipe.training.seed)
-    resolved = resolve_model(recipe.model, recipe.data.template)  # fails before any tokenizing
+    resolved = resolve_model(recipe.model, recipe.data.template, thinking=recipe.data.thinking)  # before tokenizing
     logger.info("Model %s (family %s), template %s", resolved.path, resolved.family.name, resolved.template.name)
     # Settings TrainingArguments refuses stop here, and the run folder is claimed and probed, before any compute.
     # The arguments come first: under torchrun they start the process group the folder's name is shared over,

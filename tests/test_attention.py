@@ -1,10 +1,22 @@
 """sdpa_packed: per-example SDPA over packed rows equals attention on each example alone, for every family."""
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GlmConfig, LlamaConfig, OPTConfig
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GlmConfig,
+    LlamaConfig,
+    MistralConfig,
+    OPTConfig,
+    Phi3Config,
+    Qwen2Config,
+    Qwen3Config,
+)
 
 from finetune.attention import PACKED_SDPA, resolve_attention, segment_lengths
 from finetune.collators import PaddingCollator, PaddingFreeCollator
+from finetune.errors import UsageError
 from finetune.loss import causal_lm_loss
 from finetune.methods.ptuning import apply_ptuning
 from finetune.recipe import PTuningSpec
@@ -18,12 +30,28 @@ CONFIGS = {  # hidden sizes multiples of 32; kv heads < heads where the family h
                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
                      pad_token_id=0, eos_token_id=2),
 }
+_SMALL = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256)
+# Today's families, each with what our kernels must not get wrong: Qwen3's q/k norms, Mistral's and Gemma 3's
+# sliding windows (8 tokens, shorter than the longest example), Gemma 2's soft-capped attention logits, Phi-3's
+# fused projections. ``auto`` picks each one's kernel (resolve_attention); padding-free must equal padded there.
+TODAY = {
+    "qwen2": Qwen2Config(**_SMALL),
+    "qwen3": Qwen3Config(**_SMALL, head_dim=16),
+    "mistral": MistralConfig(**_SMALL, sliding_window=8),
+    "gemma2": Gemma2Config(**_SMALL, head_dim=16, sliding_window=8, attn_logit_softcapping=50.0,
+                           final_logit_softcapping=30.0),
+    "gemma3_text": Gemma3TextConfig(**_SMALL, head_dim=16, sliding_window=8, sliding_window_pattern=2),
+    "phi3": Phi3Config(**_SMALL, pad_token_id=0),
+}
+CONFIGS.update({name: TODAY[name] for name in ("qwen2", "qwen3", "phi3")})  # the ones sdpa_packed serves
 LENGTHS = (9, 23, 1, 14, 6)
 
 
 def model(family: str, attention: str, seed: int = 0):
     torch.manual_seed(seed)
-    config = CONFIGS[family].__class__.from_dict(CONFIGS[family].to_dict())
+    config = {**CONFIGS, **TODAY}[family]
+    config = config.__class__.from_dict(config.to_dict())
     net = AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=torch.float32)
     return net.eval()  # no dropout (OPT has some), so runs compare exactly; gradients still flow
 
@@ -41,6 +69,27 @@ def loss_and_grads(net, batch):
     loss = causal_lm_loss(net(**batch, use_cache=False).logits[:, :-1], labels[:, 1:])
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("family", sorted(TODAY))
+def test_todays_families_train_padding_free_exactly_as_padded_with_the_kernel_auto_picks(family):
+    """The default path (padding-free rows, the kernel ``auto`` resolves to) gives the padded batch's loss and
+    gradients: sliding windows and soft-capping included, never silently wrong."""
+    attention = resolve_attention("auto", TODAY[family].to_dict())
+    expected = {"gemma2": "eager", "mistral": "sdpa", "gemma3_text": "sdpa"}.get(family, PACKED_SDPA)
+    assert attention == expected
+    packed = loss_and_grads(model(family, attention), PaddingFreeCollator()(features()))
+    padded = loss_and_grads(model(family, attention), PaddingCollator(pad_token_id=0)(features()))
+    assert torch.allclose(packed[0], padded[0], atol=1e-5), (packed[0], padded[0])
+    assert packed[1].keys() == padded[1].keys() and packed[1]
+    for name, grad in packed[1].items():
+        assert torch.allclose(grad, padded[1][name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("family", ["gemma2", "mistral"])
+def test_the_packed_kernel_is_refused_where_it_would_be_wrong(family):
+    with pytest.raises(UsageError, match="cannot run this model: .*(soft-capped|sliding window)"):
+        resolve_attention(PACKED_SDPA, TODAY[family].to_dict())
 
 
 def test_segment_lengths_follow_restarting_positions():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -66,12 +67,23 @@ def test_a_pad_token_equal_to_eos_is_replaced_by_a_distinct_one(tokenizer, tmp_p
         load_tokenizer(folder, dataclasses.replace(get_family("llama"), pad_candidates=("<no such token>",)))
 
 
-def test_auto_family_and_template_come_from_the_checkpoint(tiny_llama, tiny_opt):
+def test_auto_family_and_template_come_from_the_checkpoint(tiny_llama, tiny_opt, tmp_path):
+    # Both tiny models carry SmolLM2's tokenizer, whose chat template auto prefers to the family's template.
     llama, opt = resolve_model(ModelSpec(path=str(tiny_llama))), resolve_model(ModelSpec(path=str(tiny_opt)))
-    assert (llama.family.name, llama.template.name) == ("llama", "llama2")
-    assert (opt.family.name, opt.template.name) == ("opt", "alpaca")
+    assert (llama.family.name, llama.template.name) == ("llama", "tokenizer")
+    assert (opt.family.name, opt.template.name) == ("opt", "tokenizer")
     forced = resolve_model(ModelSpec(path=str(tiny_opt), family="llama"), "chatml")
     assert (forced.family.name, forced.template.name) == ("llama", "chatml")
+    # Without a chat template, auto falls back to the family's.
+    import shutil
+
+    bare = shutil.copytree(tiny_opt, tmp_path / "no_chat_template")
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    for extra in bare.glob("chat_template.*"):
+        extra.unlink()
+    assert resolve_model(ModelSpec(path=str(bare))).template.name == "alpaca"
 
 
 def test_resume_from_a_named_checkpoint_continues_in_its_run_folder(tiny_llama, alpaca_file, tmp_path):
@@ -157,10 +169,8 @@ def test_registered_template_and_family_are_used_by_name(tiny_llama, alpaca_file
         register_template(Template(name="qa_test", user="{content}"))
     run = recipe(tiny_llama, alpaca_file, tmp_path / "run")
     run = dataclasses.replace(run, model=dataclasses.replace(run.model, family="llama_test"),
-                              data=dataclasses.replace(run.data, template="auto"))
+                              data=dataclasses.replace(run.data, template="qa_test"))
     result = train(run)
-    import json
-
     assert json.loads((result.output_dir / "template.json").read_text())["name"] == "qa_test"
     assert isinstance(get_family("llama_test"), Family)
 

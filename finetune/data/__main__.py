@@ -70,7 +70,7 @@ def _stats(args) -> None:
         from ..recipe_file import load_recipe
 
         recipe = load_recipe(args.recipe)
-        model = resolve_model(recipe.model, recipe.data.template, check_window=False)
+        model = resolve_model(recipe.model, recipe.data.template, check_window=False, thinking=recipe.data.thinking)
     fmt = args.format or (recipe.data.format if recipe else None)
     if fmt is None:
         raise DataError("stats needs --format (or a --recipe whose data.format is used)")

@@ -52,7 +52,7 @@ def build_datasets(spec: DataSpec, tokenizer, template, max_length: int, seed: i
 
     Examples without any supervised token are removed here and counted under ``skipped``.
     """
-    encoder = Encoder(tokenizer, template, max_length)
+    encoder = Encoder(tokenizer, template, max_length, spec.thinking)
     skipped: Counter = Counter()
     started = time.perf_counter()
     if spec.sources:
@@ -70,8 +70,8 @@ def build_datasets(spec: DataSpec, tokenizer, template, max_length: int, seed: i
 def _tokenized(spec: DataSpec, location: str, encoder: Encoder, skipped: Counter, prefix: str = ""):
     source = open_source(location, split=spec.split, subset=spec.subset, revision=spec.revision)
     converter = RecordConverter(spec.format, spec.prompt_column, spec.response_column, spec.text_column,
-                                spec.system, spec.columns)
-    key = _cache_key(spec, source, encoder)
+                                spec.system, spec.columns, read_tools(spec.tools))
+    key = _cache_key(spec, source, encoder, converter.tools)
     cache_file, info_file = cache_dir("data") / f"{key}.arrow", cache_dir("data") / f"{key}.json"
     hit = cache_file.exists() and info_file.exists()
     if not hit:
@@ -151,12 +151,29 @@ def _apply_overlong_policy(tokenized, policy: str, path: str, max_length: int, s
     return tokenized.select(pc.indices_nonzero(pc.invert(overlong_mask)).to_numpy())
 
 
-def _cache_key(spec: DataSpec, source: Source, encoder: Encoder) -> str:
+def read_tools(path: str) -> str | None:
+    """``data.tools``: the file's list of tool schemas as JSON text, or None when the recipe names no file."""
+    if not path:
+        return None
+    try:
+        tools = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise DataError(f"data.tools={path!r}: cannot read it ({err.strerror}).") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}); data.tools must "
+                        "hold a list of tool schemas.") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise DataError(f"{path}: data.tools must hold a JSON list of tool schemas (objects).")
+    return json.dumps(tools, ensure_ascii=False)
+
+
+def _cache_key(spec: DataSpec, source: Source, encoder: Encoder, tools: str | None) -> str:
     """Everything the token ids depend on, and nothing they do not (``data.num_proc`` gives the same rows)."""
     options = {
         "source": source.fingerprint(), "reader": READER_VERSION,
         "format": spec.format, "columns": [spec.prompt_column, spec.response_column, spec.text_column],
-        "mapping": sorted(dict(spec.columns).items()), "system": spec.system,
+        "mapping": sorted(dict(spec.columns).items()), "system": spec.system, "thinking": spec.thinking,
+        "tools": tools,
         "template": encoder.template.to_dict(), "max_length": encoder.max_length, "version": ENCODER_VERSION,
         "tokenizer": _tokenizer_fingerprint(encoder.tokenizer),
     }

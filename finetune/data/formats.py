@@ -4,6 +4,7 @@ Errors name the record (``where``) and the field; the recipe's column names (``d
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Iterator, Mapping
 
@@ -19,14 +20,17 @@ class RecordConverter:
     """Turns records of one format (with the recipe's column names and system prompt) into conversations."""
 
     def __init__(self, fmt: str, prompt_column: str = "content", response_column: str = "summary",
-                 text_column: str = "text", system: str | None = None, columns: Mapping[str, str] | None = None):
+                 text_column: str = "text", system: str | None = None, columns: Mapping[str, str] | None = None,
+                 tools: str | None = None):
         self.fmt, self.system, self.columns = fmt, system, dict(columns or {})
+        self.tools = tools
+        """Tool schemas (JSON text) for records without their own ``tools`` (``data.tools``)."""
         self.text_fields, self.other_fields = {
             "alpaca": (("instruction", "output"), ("input", "system", "history")),
             "adgen": ((prompt_column, response_column), ()),
             "sharegpt": ((), ("conversations", "system")),
             "firefly": ((), ("conversation", "system")),
-            "messages": ((), ("messages",)),
+            "messages": ((), ("messages", "tools")),
             "text": ((text_column,), ()),
             "prompt_completion": ((), ("prompt", "completion")),
         }[fmt]
@@ -66,8 +70,9 @@ class RecordConverter:
                 raise DataError(f"{where}: column {column!r} must hold strings, it holds "
                                 f"{schema.field(column).type}; fix the data or map another column (data.columns).")
 
-    def convert_chunk(self, name: str, chunk, skipped: Counter) -> Iterator[tuple[int, list[dict]]]:
-        """``(number, conversation)`` for each usable record of a chunk; the others are counted in ``skipped``."""
+    def convert_chunk(self, name: str, chunk, skipped: Counter) -> Iterator[tuple[int, list[dict], str | None]]:
+        """``(number, conversation, tools)`` for each usable record of a chunk (``tools``: the record's tool schemas
+        as JSON text, or None); the others are counted in ``skipped``."""
         self.check_schema(name, chunk.schema)
         for where, number, record in chunk.records(name):
             messages = self.conversation(where, record)
@@ -75,7 +80,7 @@ class RecordConverter:
             if reason:
                 skipped[reason] += 1
             else:
-                yield number, messages
+                yield number, messages, _tools(where, record.get(self.column("tools"))) or self.tools
 
     def conversation(self, where: str, record: dict) -> list[dict]:
         """One record as a conversation, with the recipe's system prompt where the record has none."""
@@ -92,9 +97,10 @@ class RecordConverter:
 
 
 def skip_reason(messages: list[dict]) -> str | None:
-    """Why a conversation cannot train: an empty answer anywhere would teach a bare end token."""
-    answers = [m["content"] for m in messages if m["role"] == "assistant"]
-    if not answers or not all(a.strip() for a in answers):
+    """Why a conversation cannot train: an empty answer anywhere would teach a bare end token (an answer that only
+    calls tools is not empty)."""
+    answers = [m for m in messages if m["role"] == "assistant"]
+    if not answers or not all(m["content"].strip() or m.get("tool_calls") for m in answers):
         return "empty answer"
     return None
 
@@ -165,15 +171,69 @@ def _firefly(where: str, record: dict) -> list[dict]:
 
 
 def _messages(where: str, record: dict, key: str = "messages") -> list[dict]:
+    """OpenAI-style messages: ``system``/``user``/``assistant``/``tool`` roles; an assistant may carry
+    ``reasoning_content`` and ``tool_calls`` (its ``content`` may then be empty or null), a tool result ``name``
+    and ``tool_call_id``."""
     messages = []
     for i, turn in enumerate(_turns(where, record, key)):
-        if not isinstance(turn, dict) or turn.get("role") not in ("system", "user", "assistant"):
-            raise DataError(f"{where}: field {key!r}[{i}].role must be system, user or assistant.")
-        message = {"role": turn["role"], "content": _text(f"{where} {key}[{i}]", turn, "content")}
+        at = f"{where} {key}[{i}]"
+        if not isinstance(turn, dict) or turn.get("role") not in ("system", "user", "assistant", "tool"):
+            raise DataError(f"{where}: field {key!r}[{i}].role must be system, user, assistant or tool.")
+        calls = turn.get("tool_calls") if turn["role"] == "assistant" else None
+        message = {"role": turn["role"], "content": _text(at, turn, "content", required=not calls)}
         if turn.get("input"):  # an Alpaca input kept as its own field (finetune.data convert/mix write it)
-            message["input"] = _text(f"{where} {key}[{i}]", turn, "input")
+            message["input"] = _text(at, turn, "input")
+        if turn["role"] == "assistant" and turn.get("reasoning_content") is not None:
+            message["reasoning_content"] = _text(at, turn, "reasoning_content")
+        if calls:
+            message["tool_calls"] = _tool_calls(at, calls)
+        if turn["role"] == "tool":
+            message.update({name: _text(at, turn, name) for name in ("name", "tool_call_id")
+                            if turn.get(name) is not None})
         messages.append(message)
-    return messages if key != "messages" else _check_alternation(where, key, messages)
+    return messages if key != "messages" else _check_order(where, key, messages)
+
+
+def _tool_calls(where: str, calls) -> str:
+    """An assistant's tool calls as JSON text (one Arrow type for every record), each ``{"type": "function",
+    "function": {"name", "arguments"}}`` with the arguments as an object, as chat templates expect them; OpenAI's
+    JSON-string arguments and the flat ``{"name", "arguments"}`` form are accepted."""
+    if not isinstance(calls, list):
+        raise DataError(f"{where}: field 'tool_calls' must be a list of calls.")
+    out = []
+    for i, call in enumerate(calls):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise DataError(f"{where}: field 'tool_calls'[{i}] must be {{\"type\": \"function\", \"function\": "
+                            "{\"name\": ..., \"arguments\": {...}}}.")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: field 'tool_calls'[{i}].function.arguments is not valid JSON ({err.msg}, "
+                                f"column {err.colno}).") from None
+        if not isinstance(arguments, dict):
+            raise DataError(f"{where}: field 'tool_calls'[{i}].function.arguments must be a JSON object.")
+        entry = {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+        if isinstance(call.get("id"), str):
+            entry["id"] = call["id"]
+        out.append(entry)
+    return json.dumps(out, ensure_ascii=False)
+
+
+def _tools(where: str, tools) -> str | None:
+    """A record's tool schemas (a list of JSON schemas, or JSON text of one) as JSON text, or None."""
+    if tools is None or tools == []:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: field 'tools' is not valid JSON ({err.msg}, column {err.colno}).") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise DataError(f"{where}: field 'tools' must be a list of tool schemas (JSON objects).")
+    return json.dumps(tools, ensure_ascii=False)
 
 
 def _prompt_completion(where: str, record: dict) -> list[dict]:
@@ -192,6 +252,23 @@ def _prompt_completion(where: str, record: dict) -> list[dict]:
         return _check_alternation(where, "prompt", prompt + completion)
     return [{"role": "user", "content": _text(where, record, "prompt")},
             {"role": "assistant", "content": _text(where, record, "completion")}]
+
+
+def _check_order(where: str, key: str, messages: list[dict]) -> list[dict]:
+    """User and assistant turns alternate; with tools, an assistant that calls tools is followed by one ``tool``
+    message or more and then by the assistant again."""
+    if not any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
+        return _check_alternation(where, key, messages)
+    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    allowed = {None: ("user",), "user": ("assistant",), "assistant": ("user",), "tool": ("tool", "assistant")}
+    previous = None
+    for i, message in enumerate(body):
+        expected = ("tool",) if previous == "assistant" and body[i - 1].get("tool_calls") else allowed[previous]
+        if message["role"] not in expected:
+            raise DataError(f"{where}: field {key!r} turn {i} is {message['role']!r} where {' or '.join(expected)!r} "
+                            "was expected; tool results follow the assistant turn that calls the tools.")
+        previous = message["role"]
+    return messages
 
 
 def _check_alternation(where: str, key: str, messages: list[dict]) -> list[dict]:

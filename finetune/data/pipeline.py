@@ -38,10 +38,12 @@ BATCH_BYTES = 32 << 20
 memory-maps it and reads it as an Arrow stream) touches every batch's header, and each touch maps 64 KB of the
 file into the process: 1,000-row batches made the peak RSS grow by 64 MB per million examples."""
 
-_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("input", pa.string())])
+_MESSAGE = pa.struct([(name, pa.string()) for name in (
+    "role", "content", "input", "reasoning_content", "tool_calls", "name", "tool_call_id")])
 _IDS = pa.list_(pa.int32())
 SCHEMA = pa.schema([
-    ("messages", pa.list_(_MESSAGE)), ("line", pa.int64()), ("input_ids", _IDS), ("labels", _IDS),
+    ("messages", pa.list_(_MESSAGE)), ("tools", pa.string()), ("line", pa.int64()), ("input_ids", _IDS),
+    ("labels", _IDS),
     ("num_tokens", pa.int64()), ("num_supervised", pa.int64()), ("truncated", pa.bool_()),
     ("dropped_turns", pa.int64()), ("eos_labelled", pa.bool_()),
 ])
@@ -65,12 +67,14 @@ class ChunkEncoder:
 
     def __call__(self, chunk: Chunk) -> tuple[pa.RecordBatch, Counter]:
         skipped: Counter = Counter()
-        numbers, conversations = [], []
-        for number, messages in self.converter.convert_chunk(self.name, chunk, skipped):
+        numbers, conversations, tools = [], [], []
+        for number, messages, schemas in self.converter.convert_chunk(self.name, chunk, skipped):
             numbers.append(number)
             conversations.append(messages)
-        columns = self.encoder.arrays(conversations)
+            tools.append(schemas)
+        columns = self.encoder.arrays(conversations, tools)
         columns["messages"] = pa.array(conversations, type=SCHEMA.field("messages").type)
+        columns["tools"] = pa.array(tools, pa.string())
         columns["line"] = pa.array(numbers, pa.int64())
         arrays = [columns[f.name] for f in SCHEMA]
         return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA), skipped

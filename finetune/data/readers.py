@@ -29,6 +29,8 @@ class ReadResult:
     path: str
     conversations: list[list[dict]] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
+    tools: list[str | None] = field(default_factory=list)
+    """Each conversation's tool schemas as JSON text, or None."""
     skipped: Counter = field(default_factory=Counter)
 
 
@@ -51,7 +53,8 @@ def read_examples(path: str | Path, fmt: str, *, prompt_column: str = "content",
     source = open_source(str(path), split=split, subset=subset, revision=revision)
     result = ReadResult(str(path))
     for chunk in source.chunks(1024):
-        for number, messages in converter.convert_chunk(source.name, chunk, result.skipped):
+        for number, messages, tools in converter.convert_chunk(source.name, chunk, result.skipped):
             result.conversations.append(messages)
             result.lines.append(number)
+            result.tools.append(tools)
     return result

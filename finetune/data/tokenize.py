@@ -10,19 +10,22 @@ fills ``max_length`` has no supervised token and is reported by the label audit.
 """
 from __future__ import annotations
 
+import json
 from itertools import chain
 
 import numpy as np
 import pyarrow as pa
 
-from ..conversation import plain_messages
+from ..conversation import Thinking, plain_messages, shows_reasoning
+from ..errors import UserError
 from ..templates import Template
 
 __all__ = ["Encoder", "IGNORE_INDEX", "auto_prefix_ids", "plain_messages"]
 
 IGNORE_INDEX = -100
-ENCODER_VERSION = 4
-"""Bump when the encoding changes, so cached tokenized data is rebuilt (4: ids stored as int32)."""
+ENCODER_VERSION = 5
+"""Bump when the encoding changes, so cached tokenized data is rebuilt (4: ids stored as int32; 5: chat templates
+tokenized whole, reasoning and tools)."""
 
 
 def auto_prefix_ids(tokenizer) -> list[int]:
@@ -41,22 +44,28 @@ class Encoder:
     Used as a batched ``datasets.map`` function; the statistics columns feed the label audit.
     """
 
-    def __init__(self, tokenizer, template, max_length: int):
+    def __init__(self, tokenizer, template, max_length: int, thinking: str = "keep"):
         self.tokenizer, self.template, self.max_length = tokenizer, template, max_length
+        self.thinking = Thinking(thinking, shows_reasoning(template, tokenizer))
         self.prefix_ids = auto_prefix_ids(tokenizer)
         self.bos = tokenizer.decode(self.prefix_ids) if self.prefix_ids else ""
         self.eos = tokenizer.eos_token or ""
         self.uses_auto_prefix = isinstance(template, Template) and template.prefix == "{bos}"
+        self.whole_text = getattr(template, "whole_text", False)
         self.eos_id = tokenizer.eos_token_id
         # The Rust tokenizer directly: the same ids as tokenizer(texts, add_special_tokens=False) without building
         # offsets and a dict per text (~20% of tokenizing time). Only where the wrapper adds nothing of its own.
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self.direct = bool(getattr(tokenizer, "is_fast", False) and hasattr(backend, "encode_batch_fast")
                            and not getattr(tokenizer, "split_special_tokens", False))
+        self.stop_ids = self._stop_ids()
 
-    def render(self, messages: list[dict]) -> list[tuple[str, bool]]:
+    def render(self, messages: list[dict], tools: list | str | None = None) -> list[tuple[str, bool]]:
         """Template segments with neighbours of the same kind joined, so only mask boundaries split the text."""
-        segments = self.template.render(plain_messages(messages), bos=self.bos, eos=self.eos, tokenizer=self.tokenizer)
+        if isinstance(tools, str):  # JSON text in the data cache
+            tools = json.loads(tools)
+        segments = self.template.render(self.thinking.apply(plain_messages(messages)), bos=self.bos, eos=self.eos,
+                                        tokenizer=self.tokenizer, **({"tools": tools} if tools else {}))
         merged = segments[:1]
         for text, supervised in segments[1:]:
             if len(merged) > 1 and merged[-1][1] == supervised:
@@ -65,18 +74,23 @@ class Encoder:
                 merged.append((text, supervised))
         return merged
 
-    def encode_prompt(self, messages: list[dict]) -> list[int]:
+    def encode_prompt(self, messages: list[dict], tools: list | str | None = None) -> list[int]:
         """Ids of a generation prompt: the conversation so far, ending with the assistant header."""
-        segments = self.render(messages)
+        segments = self.render(messages, tools)
         return [i for ids in self._tokenize([segments])[0] for i in ids]
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        return {key: array.to_pylist() for key, array in self.arrays(batch["messages"]).items()}
+        return {key: array.to_pylist() for key, array in self.arrays(batch["messages"], batch.get("tools")).items()}
 
-    def arrays(self, conversations: list[list[dict]]) -> dict[str, pa.Array]:
+    def arrays(self, conversations: list[list[dict]], tools: list | None = None) -> dict[str, pa.Array]:
         """The columns of :meth:`__call__` as Arrow arrays, built from flat numpy buffers: ``pa.array`` over a
-        Python list per example cost as much as the rest of the chunk's Python work together."""
-        rendered = [self.render(messages) for messages in conversations]
+        Python list per example cost as much as the rest of the chunk's Python work together.
+
+        Args:
+            tools: each conversation's tool schemas (a list, JSON text or None), when the data has any.
+        """
+        tools = tools or [None] * len(conversations)
+        rendered = [self.render(messages, schemas) for messages, schemas in zip(conversations, tools)]
         pieces = [ids for example in self._tokenize(rendered) for ids in example]
         n = len(rendered)
         counts = np.array([len(segments) for segments in rendered], np.int64)
@@ -101,8 +115,8 @@ class Encoder:
         num_supervised = np.bincount(example, weights=take * sup, minlength=n).astype(np.int64)
         offsets = pa.array(np.concatenate([[0], np.cumsum(num_tokens)]), pa.int32())
         eos = np.zeros(n, bool)
-        if self.eos_id is not None:
-            eos[np.repeat(np.arange(n), num_tokens)[label_values == self.eos_id]] = True
+        if self.stop_ids:
+            eos[np.repeat(np.arange(n), num_tokens)[np.isin(label_values, self.stop_ids)]] = True
         return {
             "input_ids": pa.ListArray.from_arrays(offsets, pa.array(input_values)),
             "labels": pa.ListArray.from_arrays(offsets, pa.array(label_values)),
@@ -113,6 +127,8 @@ class Encoder:
 
     def _tokenize(self, rendered: list[list[tuple[str, bool]]]) -> list[list[list[int]]]:
         """Tokenize every segment of the batch in one tokenizer call (fast tokenizers batch in Rust)."""
+        if self.whole_text:
+            return self._tokenize_whole(rendered)
         texts = [text for segments in rendered for text, _ in segments[1:]]
         flat = iter(self.ids(texts) if texts else [])
         result = []
@@ -121,6 +137,34 @@ class Encoder:
                 self.tokenizer(segments[0][0], add_special_tokens=False)["input_ids"] if segments[0][0] else [])
             result.append([list(prefix)] + [next(flat) for _ in segments[1:]])
         return result
+
+    def _tokenize_whole(self, rendered: list[list[tuple[str, bool]]]) -> list[list[list[int]]]:
+        """Each example's text tokenized in one piece, its ids split where the segments meet: the ids are exactly
+        ``apply_chat_template(..., tokenize=True)``'s. A token that crosses a boundary belongs to the segment it
+        starts in."""
+        texts = ["".join(text for text, _ in segments) for segments in rendered]
+        encodings = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        result = []
+        for segments, ids, offsets in zip(rendered, encodings["input_ids"], encodings["offset_mapping"]):
+            bounds = np.cumsum([len(text) for text, _ in segments])
+            owner = np.searchsorted(bounds, [start for start, _ in offsets], side="right")
+            cuts = np.searchsorted(owner, np.arange(len(segments)))
+            result.append([ids[a:b] for a, b in zip(cuts, list(cuts[1:]) + [len(ids)])])
+        return result
+
+    def _stop_ids(self) -> list[int]:
+        """The tokens that end an answer: EOS, and the special tokens the template closes each answer with
+        (``<end_of_turn>`` for Gemma, ``<|eot_id|>`` for Llama 3), found by rendering a one-turn probe."""
+        special = set(self.tokenizer.all_special_ids) | {
+            i for i, token in getattr(self.tokenizer, "added_tokens_decoder", {}).items() if token.special}
+        stops = [self.eos_id] if self.eos_id is not None else []
+        try:
+            segments = self.render([{"role": "user", "content": "x"}, {"role": "assistant", "content": "\ue000"}])
+        except UserError:  # a template that needs what the probe lacks; EOS alone then
+            return stops
+        answer = next(text for text, supervised in segments if supervised)
+        after = answer[answer.index("\ue000") + 1:] if "\ue000" in answer else ""
+        return stops + [i for i in self.ids([after])[0] if i in special and i not in stops] if after else stops
 
     def ids(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, without special tokens added."""

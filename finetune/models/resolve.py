@@ -5,12 +5,13 @@ Training, inference and ``finetune.data stats`` all start here, so a recipe mean
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from ..recipe import ModelSpec
-from ..templates import get_template
+from ..templates import TokenizerTemplate, get_template
 from .family import Family
 from .loading import (
     check_context_window,
@@ -37,11 +38,14 @@ class ResolvedModel:
 
 
 def resolve_model(spec: ModelSpec, template: Any = "auto", tokenizer_from: Optional[Path] = None,
-                  check_window: bool = True) -> ResolvedModel:
+                  check_window: bool = True, thinking: str = "keep") -> ResolvedModel:
     """Resolve ``spec``; for training, check its context window before anything is tokenized.
 
     Args:
-        template: a template name (``auto``: the family's default) or the template itself (a run's own).
+        template: a template name (``auto``: the tokenizer's chat template when it has one, else the family's
+            template) or the template itself (a run's own).
+        thinking: ``data.thinking``; ``drop`` turns the chat template's ``enable_thinking`` off, so inference
+            opens each answer as training did.
         tokenizer_from: where the tokenizer lives when not beside the base model (a run folder).
         check_window: refuse a ``max_length`` (and RoPE scaling) the model cannot train on.
 
@@ -54,6 +58,10 @@ def resolve_model(spec: ModelSpec, template: Any = "auto", tokenizer_from: Optio
         check_context_window(load_config(path, family, spec), spec)
         check_weights(path, spec)
     tokenizer = load_tokenizer(tokenizer_from or path, family, spec.trust_remote_code)
+    if template == "auto":
+        template = "tokenizer" if getattr(tokenizer, "chat_template", None) else family.template
     if isinstance(template, str):
-        template = get_template(family.template if template == "auto" else template)
+        template = get_template(template)
+    if isinstance(template, TokenizerTemplate) and thinking == "drop":
+        template = dataclasses.replace(template, enable_thinking=False)
     return ResolvedModel(path, family, tokenizer, template)
