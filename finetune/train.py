@@ -21,7 +21,7 @@ from .methods import count_parameters, get_method
 from .models import resolve_model
 from .recipe import Recipe
 from .run_folder import check_free_space, expected_bytes, open_run_folder, save_or_rescue
-from .tracking import finish_tracking, tracking_callbacks
+from .training import finish_tracking, tracking_callbacks
 
 __all__ = ["train", "training_arguments", "make_collator", "RunResult"]
 

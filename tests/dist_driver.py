@@ -84,7 +84,7 @@ def _force_fsdp_on_cpu() -> None:
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    from finetune.trainers import SFTTrainer
+    from finetune.training.trainers import SFTTrainer
 
     original = SFTTrainer.create_accelerator_and_postprocess
 

@@ -4,10 +4,10 @@ import torch
 from transformers import AutoModelForCausalLM, GlmConfig, LlamaConfig, OPTConfig
 
 from finetune.attention import PACKED_SDPA, resolve_attention, segment_lengths
-from finetune.collators import PaddingCollator, PaddingFreeCollator
-from finetune.loss import causal_lm_loss
 from finetune.methods.ptuning import apply_ptuning
 from finetune.recipe import PTuningSpec
+from finetune.training.collators import PaddingCollator, PaddingFreeCollator
+from finetune.training.loss import causal_lm_loss
 
 CONFIGS = {  # hidden sizes multiples of 32; kv heads < heads where the family has grouped-query attention
     "llama": LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

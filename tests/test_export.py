@@ -19,7 +19,7 @@ from finetune.export.vocab import bpe_pre_tokenizer
 from finetune.merge import PROBE, merge_run
 from finetune.templates import get_template, template_names
 from finetune.train import train
-from finetune.trainers import write_run_files
+from finetune.training.trainers import write_run_files
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "unicode_names" / "train.jsonl"
 

@@ -243,7 +243,7 @@ def test_not_enough_free_space_stops_before_training(cli, capsys, monkeypatch):
 
 
 def test_a_failed_final_save_keeps_the_weights_and_says_where(cli, capsys, monkeypatch):
-    from finetune.trainers import SFTTrainer
+    from finetune.training.trainers import SFTTrainer
 
     save = SFTTrainer.save_model
 
@@ -273,7 +273,7 @@ def test_a_blown_up_run_stops_with_the_step_lines_and_advice_and_is_not_saved(le
 
 def test_the_guard_sees_every_optimizer_step(cli, monkeypatch):
     """It hooks the Trainer's private ``_get_grad_norm``: this fails if transformers stops calling it."""
-    from finetune.divergence import DivergenceGuard
+    from finetune.training.divergence import DivergenceGuard
 
     seen = []
     step = DivergenceGuard.step

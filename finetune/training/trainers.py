@@ -14,10 +14,10 @@ try:
 except ImportError:  # Python < 3.12
     from typing_extensions import override
 
-from .data.tokenize import IGNORE_INDEX
+from ..data.tokenize import IGNORE_INDEX
+from ..recipe import recipe_to_dict
 from .divergence import DivergenceGuard
 from .loss import FinalHiddenStates, causal_lm_loss, chunked_linear_cross_entropy, fusable_causal_lm
-from .recipe import recipe_to_dict
 
 __all__ = ["SFTTrainer", "write_run_files"]
 
@@ -67,7 +67,8 @@ class SFTTrainer(Trainer):
     @override
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Loss over supervised tokens only: the body runs on every token, the LM head only where some row has a
-        label, and in training the head's logits are made and dropped a chunk at a time (``finetune/loss.py``)."""
+        label, and in training the head's logits are made and dropped a chunk at a time
+        (``finetune/training/loss.py``)."""
         inputs = dict(inputs)
         lines = inputs.pop("lines", None)
         targets = inputs.pop("labels")[:, 1:]

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from .data.tokenize import IGNORE_INDEX
+from ..data.tokenize import IGNORE_INDEX
 
 __all__ = ["PaddingCollator", "PaddingFreeCollator"]
 
