@@ -248,7 +248,8 @@ def check_kernels(device: str, llama: Path, tokenizer) -> dict:
 
 def sdpa_backends(device: str) -> dict:
     """The backend ``scaled_dot_product_attention`` dispatches to for one packed example in bf16: causal without a
-    prefix, and with a P-Tuning prefix (a bottom-right causal boolean mask), as ``finetune/attention.py`` calls it."""
+    prefix, and with a P-Tuning prefix (a bottom-right causal boolean mask), as ``finetune/models/attention.py``
+    calls it."""
     import torch
 
     choose = getattr(torch, "_fused_sdp_choice", None)

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "finetune"
 LAYERS = [
     ("base", ["errors", "paths", "recipe", "overrides", "recipe_file", "precision", "positions", "conversation",
               "templates", "metrics", "checkpoints", "run_folder"]),
-    ("models and data", ["models", "data", "attention"]),
+    ("models and data", ["models", "data"]),
     ("training parts", ["training", "methods", "generate", "generation_eval", "verbalizer", "report"]),
     ("workflows", ["build", "train", "inference", "evaluate", "merge", "chat", "convert", "export"]),
     ("command lines", ["run", "data.__main__"]),

@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GlmConfig, LlamaConfig, OPTConfig
 
-from finetune.attention import PACKED_SDPA, resolve_attention, segment_lengths
 from finetune.methods.ptuning import apply_ptuning
+from finetune.models.attention import PACKED_SDPA, resolve_attention, segment_lengths
 from finetune.recipe import PTuningSpec
 from finetune.training.collators import PaddingCollator, PaddingFreeCollator
 from finetune.training.loss import causal_lm_loss
