@@ -14,13 +14,20 @@ from typing import Optional
 from transformers import set_seed
 
 from .build import build_trainer, make_collator, method_model, run_arguments, skeleton, training_arguments
-from .checkpoints import GracefulStop, MarkComplete, write_best
 from .data import LabelAudit, build_datasets, show_example
 from .evaluate import BeforeAfter
 from .methods import count_parameters, get_method
 from .models import resolve_model
 from .recipe import Recipe
-from .run_folder import check_free_space, expected_bytes, open_run_folder, save_or_rescue
+from .runs import (
+    GracefulStop,
+    MarkComplete,
+    check_free_space,
+    expected_bytes,
+    open_run_folder,
+    save_or_rescue,
+    write_best,
+)
 from .training import finish_tracking, tracking_callbacks
 
 __all__ = ["train", "training_arguments", "make_collator", "RunResult"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 
 def main(recipes_file: str, out_dir: str) -> int:
-    from finetune.checkpoints import latest_checkpoint
     from finetune.recipe import recipe_from_dict
+    from finetune.runs.checkpoints import latest_checkpoint
     from finetune.train import train
 
     rank = int(os.environ.get("RANK", 0))

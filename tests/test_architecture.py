@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "finetune"
 # Bottom to top; README "Development" draws the same picture. A module belongs to the longest prefix listed.
 LAYERS = [
     ("base", ["errors", "paths", "recipe", "overrides", "recipe_file", "precision", "positions", "conversation",
-              "templates", "metrics", "checkpoints", "run_folder"]),
+              "templates", "metrics"]),
+    ("run folder", ["runs"]),
     ("models and data", ["models", "data"]),
     ("training parts", ["training", "methods", "generate", "generation_eval", "verbalizer", "report"]),
     ("workflows", ["build", "train", "inference", "evaluate", "merge", "chat", "convert", "export"]),

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
-from finetune.checkpoints import COMPLETE, latest_checkpoint
 from finetune.errors import RunFolderError
+from finetune.runs.checkpoints import COMPLETE, latest_checkpoint
 from finetune.train import train
 from finetune.training.divergence import TrainingDiverged
 

@@ -1,10 +1,8 @@
 """Trainer subclasses: the loss hook and the save hook, each short and delegating to ``transformers.Trainer``."""
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
-from typing import Mapping, Optional
+from typing import Optional
 
 import torch
 from transformers import Trainer
@@ -15,28 +13,13 @@ except ImportError:  # Python < 3.12
     from typing_extensions import override
 
 from ..data.tokenize import IGNORE_INDEX
-from ..recipe import recipe_to_dict
+from ..runs import write_run_files
 from .divergence import DivergenceGuard
 from .loss import FinalHiddenStates, causal_lm_loss, chunked_linear_cross_entropy, fusable_causal_lm
 
-__all__ = ["SFTTrainer", "write_run_files"]
+__all__ = ["SFTTrainer"]
 
 logger = logging.getLogger(__name__)
-
-
-def write_run_files(output_dir: str | Path, template, recipe) -> None:
-    """Save the template and the resolved recipe beside the weights, so inference uses the training format.
-
-    Args:
-        recipe: a ``Recipe``, or the dict ``recipe.json`` should hold (a resumed run's: the recipe it started with
-            and what each resume changed, ``finetune.run_folder``).
-    """
-    output_dir = Path(output_dir)
-    if template is not None:
-        (output_dir / "template.json").write_text(json.dumps(template.to_dict(), indent=2, ensure_ascii=False))
-    if recipe is not None:
-        record = recipe if isinstance(recipe, Mapping) else recipe_to_dict(recipe)
-        (output_dir / "recipe.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
 
 
 class SFTTrainer(Trainer):
