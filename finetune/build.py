@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from transformers import AutoModelForCausalLM, TrainingArguments
 
-from .generation_eval import GenerationEval
+from .evaluation import GenerationEval
 from .methods import apply_method, get_method
 from .models import ResolvedModel, load_config, load_model
 from .precision import resolve_dtype, upcast_trainable, weights_dtype

@@ -1,10 +1,11 @@
 """Generation evaluation of a saved run: ``python -m finetune.evaluate RUN_DIR [--baseline] [--data FILE]``.
 
 Every held-out prompt is answered with the run's own template (greedy by default, so a number can be reproduced),
-the answers are scored with :func:`finetune.metrics.compute_scores` (ChatGLM2's ROUGE/BLEU-4 for Chinese, ROUGE and
-exact match for English), and ``predictions.jsonl`` and ``metrics.json`` are written to ``RUN_DIR/eval``.
+the answers are scored with :func:`finetune.evaluation.metrics.compute_scores` (ChatGLM2's ROUGE/BLEU-4 for Chinese,
+ROUGE and exact match for English), and ``predictions.jsonl`` and ``metrics.json`` are written to ``RUN_DIR/eval``.
 ``--baseline`` runs the untrained base model on the same prompts with the same template, so the table shows what
-fine-tuning changed; ``--verbalizer`` scores label data by answer likelihood instead (:mod:`finetune.verbalizer`).
+fine-tuning changed; ``--verbalizer`` scores label data by answer likelihood instead
+(:mod:`finetune.evaluation.verbalizer`).
 """
 from __future__ import annotations
 
@@ -20,10 +21,9 @@ from transformers import set_seed
 from .conversation import drop_none, plain_messages, prompt_messages, user_text
 from .data import build_datasets, read_examples
 from .errors import UsageError, add_verbose_flag, guarded
-from .generate import generate
+from .evaluation import compute_scores, generate, verbalizer_accuracy
 from .inference import load_run
-from .metrics import compute_scores, detect_language
-from .verbalizer import verbalizer_accuracy
+from .language import detect_language
 
 __all__ = ["BeforeAfter", "eval_conversations", "evaluate_model", "evaluate_run", "format_table", "main",
            "score_predictions"]

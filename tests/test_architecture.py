@@ -9,11 +9,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "finetune"
 
 # Bottom to top; README "Development" draws the same picture. A module belongs to the longest prefix listed.
 LAYERS = [
-    ("base", ["errors", "paths", "recipe", "overrides", "recipe_file", "precision", "positions", "conversation",
-              "templates", "metrics"]),
+    ("base", ["errors", "paths", "recipe", "overrides", "recipe_file", "precision", "positions", "language",
+              "conversation", "templates"]),
     ("run folder", ["runs"]),
     ("models and data", ["models", "data"]),
-    ("training parts", ["training", "methods", "generate", "generation_eval", "verbalizer", "report"]),
+    ("training parts", ["training", "methods", "report"]),
+    ("evaluation", ["evaluation"]),
     ("workflows", ["build", "train", "inference", "evaluate", "merge", "chat", "convert", "export"]),
     ("command lines", ["run", "data.__main__"]),
 ]

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from finetune import DataSpec, EvalSpec, FullSpec, LoraSpec, ModelSpec, PTuningSpec, Recipe, TrainingSpec
-from finetune.generate import generate, prompt_messages
+from finetune.evaluation.generation import generate, prompt_messages
 from finetune.inference import load_run
 from finetune.methods import apply_method
 from finetune.methods.fused_lora import FusedLoraLinear

@@ -28,7 +28,8 @@ class SFTTrainer(Trainer):
     Args:
         template: the prompt template the data was rendered with (saved as ``template.json``).
         recipe: the resolved recipe (saved as ``recipe.json``).
-        generation_eval: answer and score held-out prompts at every evaluation (``finetune.generation_eval``).
+        generation_eval: answer and score held-out prompts at every evaluation
+            (``finetune.evaluation.generation_eval``).
     """
 
     # compute_loss divides by num_items_in_batch itself, so training_step must not divide again.

@@ -15,17 +15,12 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_chinese import Rouge
 from rouge_score import rouge_scorer
 
-__all__ = ["chinese_scores", "compute_scores", "detect_language", "english_scores"]
+from ..language import detect_language
+
+__all__ = ["chinese_scores", "compute_scores", "english_scores"]
 
 # jieba logs "Building prefix dict..." to stderr at DEBUG the first time it segments; keep only real problems.
 jieba.setLogLevel(logging.WARNING)
-
-# A text counts as Chinese above this share of Han characters among its letters. Below one half on purpose: one Han
-# character carries about what a 4-5 letter English word does, so a mostly-Chinese answer with a few Latin terms
-# ("用 PyTorch 训练模型") can still have fewer Han characters than Latin letters. And the costs are lopsided: scored as
-# English, Chinese text is silently dropped (rouge_score keeps only [a-z0-9]); scored as Chinese, English words still
-# count, since jieba keeps them whole.
-CJK_THRESHOLD = 0.3
 
 # Method 3 (NIST geometric smoothing) is the official recipe: short answers with no 4-gram match still score > 0.
 _SMOOTHING = SmoothingFunction().method3
@@ -105,27 +100,6 @@ def english_scores(predictions: list[str], references: list[str]) -> dict[str, f
         bleu = sentence_bleu([label.split()], pred.split(), smoothing_function=_SMOOTHING)
         scores["bleu-4"].append(bleu * 100)
     return {key: float(np.mean(values)) for key, values in scores.items()}
-
-
-def _is_han(char: str) -> bool:
-    code = ord(char)
-    # CJK Unified Ideographs, Extension A, Compatibility Ideographs, Extensions B and beyond.
-    return 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0xF900 <= code <= 0xFAFF or code >= 0x20000
-
-
-def detect_language(texts: list[str]) -> str:
-    """Say whether texts should be scored as Chinese or English.
-
-    Args:
-        texts: The texts to look at, taken together.
-
-    Returns:
-        ``"zh"`` when Han characters are more than ``CJK_THRESHOLD`` of all letters, else ``"en"`` (also when there
-        are no letters, since whitespace scoring handles digits and symbols).
-    """
-    letters = [char for text in texts for char in text if char.isalpha()]
-    han = sum(_is_han(char) for char in letters)
-    return "zh" if letters and han / len(letters) > CJK_THRESHOLD else "en"
 
 
 def compute_scores(predictions: list[str], references: list[str], language: str = "auto") -> dict[str, float]:
