@@ -1,7 +1,7 @@
 """One run, top to bottom: model resolved -> data -> model + method -> trainer -> train -> save -> before/after.
 
 Read :func:`train` first; the parts it is built from are in ``finetune/build.py`` and the held-out comparison it
-ends with in ``finetune/evaluate.py``.
+ends with in ``finetune/evaluation/before_after.py``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from transformers import set_seed
 
 from .build import build_trainer, make_collator, method_model, run_arguments, skeleton, training_arguments
 from .data import LabelAudit, build_datasets, show_example
-from .evaluate import BeforeAfter
+from .evaluation import BeforeAfter
 from .methods import count_parameters, get_method
 from .models import resolve_model
 from .recipe import Recipe
