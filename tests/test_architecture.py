@@ -9,8 +9,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "finetune"
 
 # Bottom to top; README "Development" draws the same picture. A module belongs to the longest prefix listed.
 LAYERS = [
-    ("base", ["errors", "paths", "recipe", "overrides", "recipe_file", "precision", "positions", "language",
-              "conversation", "templates"]),
+    ("base", ["errors", "paths", "recipe", "overrides", "recipe_file", "precision", "left_padded_positions",
+              "language", "conversation", "templates"]),
     ("run folder", ["runs"]),
     ("models and data", ["models", "data"]),
     ("training parts", ["training", "methods", "report"]),

@@ -25,8 +25,8 @@ try:
 except ImportError:  # Python < 3.12
     from typing_extensions import override
 
+from ..left_padded_positions import chatglm2_position_ids  # real tokens from 0, whatever the family
 from ..models import PACKED_SDPA
-from ..positions import chatglm2_position_ids  # real tokens from 0, whatever the family
 from ..precision import compute_dtype
 from ..recipe import PTuningSpec
 from ..runs import write_run_files
