@@ -204,10 +204,10 @@ def check_kernels(device: str, llama: Path, tokenizer) -> dict:
     from transformers import AutoModelForCausalLM
 
     from finetune.build import training_arguments
-    from finetune.collators import PaddingCollator, PaddingFreeCollator
-    from finetune.loss import chunked_linear_cross_entropy
     from finetune.recipe import TrainingSpec
-    from finetune.trainers import SFTTrainer
+    from finetune.training.collators import PaddingCollator, PaddingFreeCollator
+    from finetune.training.loss import chunked_linear_cross_entropy
+    from finetune.training.trainers import SFTTrainer
 
     out = {}
     torch.manual_seed(0)
@@ -248,7 +248,8 @@ def check_kernels(device: str, llama: Path, tokenizer) -> dict:
 
 def sdpa_backends(device: str) -> dict:
     """The backend ``scaled_dot_product_attention`` dispatches to for one packed example in bf16: causal without a
-    prefix, and with a P-Tuning prefix (a bottom-right causal boolean mask), as ``finetune/attention.py`` calls it."""
+    prefix, and with a P-Tuning prefix (a bottom-right causal boolean mask), as ``finetune/models/attention.py``
+    calls it."""
     import torch
 
     choose = getattr(torch, "_fused_sdp_choice", None)
@@ -280,10 +281,10 @@ def check_throughput(device: str, work: Path, smoke: bool, peak: dict) -> list[d
 
     from finetune import FullSpec, LoraSpec
     from finetune.build import method_model, training_arguments
-    from finetune.collators import PaddingFreeCollator
     from finetune.models import get_family
     from finetune.recipe import ModelSpec, QuantSpec, TrainingSpec
-    from finetune.trainers import SFTTrainer
+    from finetune.training.collators import PaddingFreeCollator
+    from finetune.training.trainers import SFTTrainer
 
     shape = (dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4, vocab_size=512,
                   num_hidden_layers=2) if smoke else

@@ -61,7 +61,7 @@ def _pytorch_answers(run_dir: Path, data: str | None, limit: int):
     """The held-out prompts (as finetune renders and tokenizes them) and the run's greedy answers."""
     from finetune.conversation import user_text
     from finetune.data import Encoder, read_examples
-    from finetune.generate import generate, prompt_messages
+    from finetune.evaluation.generation import generate, prompt_messages
     from finetune.inference import load_run
 
     run = load_run(run_dir, dtype="float32")  # the reference: the trained weights unrounded (bf16 flips near-ties)

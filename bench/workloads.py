@@ -142,7 +142,7 @@ def build_ours(config: str, model_path: Path, data_path: Path, steps: int):
 
 def _with_all_logits(cls):
     """The trainer with its loss computed from logits at every position (the ablation of ``logits_to_keep``)."""
-    from finetune.loss import causal_lm_loss
+    from finetune.training.loss import causal_lm_loss
 
     class AllLogits(cls):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -14,13 +14,12 @@ from typing import Optional
 import torch
 from transformers import AutoModelForCausalLM, TrainingArguments
 
-from .collators import PaddingCollator, PaddingFreeCollator
-from .generation_eval import GenerationEval
+from .evaluation import GenerationEval
 from .methods import apply_method, get_method
 from .models import ResolvedModel, load_config, load_model
 from .precision import resolve_dtype, upcast_trainable, weights_dtype
 from .recipe import ModelSpec, Recipe, RecipeError, TrainingSpec, resolved_batching
-from .tracking import tokens_seen_mode, training_report_to
+from .training import PaddingCollator, PaddingFreeCollator, tokens_seen_mode, training_report_to
 
 __all__ = ["build_trainer", "make_collator", "method_model", "run_arguments", "skeleton", "training_arguments"]
 

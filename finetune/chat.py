@@ -16,7 +16,7 @@ from transformers import TextStreamer
 
 from .data.tokenize import Encoder
 from .errors import add_verbose_flag, guarded
-from .generate import generate
+from .evaluation import generate
 from .inference import load_run
 from .methods.ptuning import PrefixModel
 

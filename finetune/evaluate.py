@@ -1,10 +1,11 @@
 """Generation evaluation of a saved run: ``python -m finetune.evaluate RUN_DIR [--baseline] [--data FILE]``.
 
 Every held-out prompt is answered with the run's own template (greedy by default, so a number can be reproduced),
-the answers are scored with :func:`finetune.metrics.compute_scores` (ChatGLM2's ROUGE/BLEU-4 for Chinese, ROUGE and
-exact match for English), and ``predictions.jsonl`` and ``metrics.json`` are written to ``RUN_DIR/eval``.
+the answers are scored with :func:`finetune.evaluation.metrics.compute_scores` (ChatGLM2's ROUGE/BLEU-4 for Chinese,
+ROUGE and exact match for English), and ``predictions.jsonl`` and ``metrics.json`` are written to ``RUN_DIR/eval``.
 ``--baseline`` runs the untrained base model on the same prompts with the same template, so the table shows what
-fine-tuning changed; ``--verbalizer`` scores label data by answer likelihood instead (:mod:`finetune.verbalizer`).
+fine-tuning changed; ``--verbalizer`` scores label data by answer likelihood instead
+(:mod:`finetune.evaluation.verbalizer`).
 """
 from __future__ import annotations
 
@@ -20,13 +21,10 @@ from transformers import set_seed
 from .conversation import drop_none, plain_messages, prompt_messages, user_text
 from .data import build_datasets, read_examples
 from .errors import UsageError, add_verbose_flag, guarded
-from .generate import generate
+from .evaluation import format_table, generate, score_difference, score_predictions, verbalizer_accuracy
 from .inference import load_run
-from .metrics import compute_scores, detect_language
-from .verbalizer import verbalizer_accuracy
 
-__all__ = ["BeforeAfter", "eval_conversations", "evaluate_model", "evaluate_run", "format_table", "main",
-           "score_predictions"]
+__all__ = ["eval_conversations", "evaluate_model", "evaluate_run", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,99 +86,6 @@ def evaluate_model(model, tokenizer, template, conversations: Sequence[list[dict
     return score_predictions(conversations, predictions, language)
 
 
-def score_predictions(conversations: Sequence[list[dict]], predictions: Sequence[str],
-                      language: str = "auto") -> tuple[list[dict], dict]:
-    """Score answers to the conversations' last turns: the rows and scores of :func:`evaluate_model`."""
-    prompts, references = zip(*(prompt_messages(c) for c in conversations))
-    if language == "auto":
-        language = detect_language(list(references))  # recorded, so a reader knows which recipe scored it
-    rows = [{"prompt": user_text(p[-1]), "reference": r, "prediction": a}
-            for p, r, a in zip(prompts, references, predictions)]
-    return rows, {**compute_scores(list(predictions), list(references), language), "language": language}
-
-
-class BeforeAfter:
-    """How a run ends: held-out eval loss and answers to the first ``eval.samples`` held-out prompts, from the
-    untrained base (before) and the trained model (after), scored, logged and written to ``samples.json``.
-
-    Args:
-        trainer: the run's trainer (its ``evaluate`` gives the loss; its ``generation_eval``, when on, may already
-            have answered the same prompts, and its answers are then reused instead of generated twice).
-        eval_data: the tokenized held-out split (its ``messages`` column).
-        untrained: the method's baseline context (``Method.untrained``).
-    """
-
-    def __init__(self, trainer, eval_data, spec, untrained):
-        self.trainer, self.spec, self.untrained = trainer, spec, untrained
-        count = min(spec.samples, len(eval_data))
-        self.conversations = [plain_messages(c) for c in eval_data.select(range(count))["messages"]]
-        self.before: tuple[float, list[str]] = (float("nan"), [])
-
-    def measure_before(self) -> None:
-        with self.untrained(self.trainer.model):
-            self.before = self._measure()
-
-    def measure_after(self, output_dir: Path) -> dict:
-        """Measure the trained model, log the comparison and write ``samples.json``; returns what it holds."""
-        (loss_before, before), (loss_after, after) = self.before, self._measure()
-        result = {"eval_loss_before": loss_before, "eval_loss_after": loss_after, "scores": None, "samples": []}
-        if self.conversations:
-            rows, scores = score_predictions(self.conversations, after)
-            _, baseline = score_predictions(self.conversations, before, scores["language"])
-            result["scores"] = {"scores": scores, "baseline": baseline,
-                                "difference": {k: v - baseline[k] for k, v in scores.items() if _number(v)}}
-            result["samples"] = [{"messages": prompt_messages(c)[0], "prompt": row["prompt"],
-                                  "reference": row["reference"], "before": b, "after": row["prediction"]}
-                                 for c, row, b in zip(self.conversations, rows, before)]
-        if self.trainer.is_world_process_zero():
-            (output_dir / "samples.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-        logger.info("%s", _comparison(result))
-        if result["scores"]:
-            logger.info("Held-out metrics on %d generated answers (base = before training):\n%s",
-                        len(result["samples"]), format_table(result["scores"]))
-        return result
-
-    def _measure(self) -> tuple[float, list[str]]:
-        """Eval loss on the held-out split and answers to the sample prompts.
-
-        With ``training.eval_strategy`` on, the Trainer has already evaluated the final weights at the last step
-        (unless ``load_best_model_at_end`` swapped them since): that evaluation is used rather than run twice.
-        """
-        trainer = self.trainer
-        last = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
-        final = trainer.state.global_step > 0 and not trainer.args.load_best_model_at_end
-        if final and last is not None and last["step"] == trainer.state.global_step:
-            loss = last["eval_loss"]
-        else:
-            loss = trainer.evaluate()["eval_loss"]
-        generated = trainer.generation_eval
-        if generated is not None and generated.answered(self.conversations):
-            return loss, generated.predictions[:len(self.conversations)]
-        prompts = [prompt_messages(c)[0] for c in self.conversations]
-        answers = generate(trainer.model, trainer.processing_class, trainer.template, prompts,
-                           self.spec.max_new_tokens) if prompts else []
-        return loss, answers
-
-
-def _comparison(result: dict) -> str:
-    samples = result["samples"]
-    lines = [f"Held-out eval loss: before {result['eval_loss_before']:.4f} -> after {result['eval_loss_after']:.4f}"]
-    for i, s in enumerate(samples):
-        lines += [f"--- held-out example {i}", f"prompt:    {_short(s['prompt'])}",
-                  f"reference: {_short(s['reference'])}", f"before:    {_short(s['before'])}",
-                  f"after:     {_short(s['after'])}"]
-    if samples:
-        after = sum(s["after"].strip() == s["reference"].strip() for s in samples)
-        before = sum(s["before"].strip() == s["reference"].strip() for s in samples)
-        lines.append(f"Exact match on {len(samples)} held-out prompts: before {before}, after {after}")
-    return "\n".join(lines)
-
-
-def _short(text: str, width: int = 160) -> str:
-    text = text.replace("\n", "\\n")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def evaluate_run(run_dir: str | Path, data: Optional[str] = None, baseline: bool = False, *,
                  fmt: Optional[str] = None, max_new_tokens: Optional[int] = None, batch_size: int = 8,
                  limit: Optional[int] = None, language: str = "auto", verbalizer: Optional[Mapping[str, str]] = None,
@@ -223,7 +128,7 @@ def evaluate_run(run_dir: str | Path, data: Optional[str] = None, baseline: bool
         for row, base_row in zip(rows, base_rows):
             row["baseline"] = base_row["prediction"]
         report["baseline"] = base_scores
-        report["difference"] = {k: v - base_scores[k] for k, v in scores.items() if _number(v)}
+        report["difference"] = score_difference(scores, base_scores)
     out = Path(out) if out else Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
@@ -231,24 +136,6 @@ def evaluate_run(run_dir: str | Path, data: Optional[str] = None, baseline: bool
     (out / "metrics.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     logger.info("Wrote %s and %s", out / "predictions.jsonl", out / "metrics.json")
     return report
-
-
-def format_table(report: dict) -> str:
-    """The numeric scores as a table: one row per metric, columns run (and base, difference)."""
-    columns = ["run"] + (["base", "diff"] if "baseline" in report else [])
-    lines = [f"{'metric':<12}" + "".join(f"{c:>10}" for c in columns)]
-    for key, value in report["scores"].items():
-        if not _number(value):
-            continue
-        cells = [f"{value:10.2f}"]
-        if "baseline" in report:
-            cells += [f"{report['baseline'][key]:10.2f}", f"{report['difference'][key]:+10.2f}"]
-        lines.append(f"{key:<12}" + "".join(cells))
-    return "\n".join(lines)
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

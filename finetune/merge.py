@@ -19,7 +19,7 @@ from .errors import UsageError, add_verbose_flag, guarded
 from .inference import load_run
 from .methods import get_method
 from .models import load_model
-from .trainers import write_run_files
+from .runs import write_run_files
 
 __all__ = ["merge_run", "main"]
 

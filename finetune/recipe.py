@@ -66,7 +66,7 @@ class ModelSpec:
     CPUs with AVX512-BF16/AMX), float32 elsewhere. Trainable parameters are always float32 (finetune/precision.py)."""
     attn_implementation: str = "auto"
     """Attention kernel as transformers names it (``sdpa``, ``eager``, ``flash_attention_2``, ...). ``auto`` is
-    ``sdpa_packed`` (``finetune/attention.py``): SDPA per packed example, so padding-free rows spend nothing on
+    ``sdpa_packed`` (``finetune/models/attention.py``): SDPA per packed example, so padding-free rows spend nothing on
     attention between examples, and P-Tuning v2 can train padding-free too."""
     max_length: int = 512
     """Longest tokenized example (prompt + answer); longer ones are truncated and counted."""
@@ -209,8 +209,8 @@ class PTuningSpec:
     name: typing.ClassVar[str] = "ptuning"
     trains_base: typing.ClassVar[bool] = False
     padding_free_attention: typing.ClassVar[Optional[tuple[str, ...]]] = ("auto", "sdpa_packed")
-    """Packed examples must each see the shared prefix and themselves only: ``sdpa_packed`` (finetune/attention.py)
-    can, a dense kernel cannot."""
+    """Packed examples must each see the shared prefix and themselves only: ``sdpa_packed``
+    (finetune/models/attention.py) can, a dense kernel cannot."""
     pre_seq_len: int = 128
     """Number of virtual tokens (ChatGLM2's PRE_SEQ_LEN)."""
     prefix_projection: bool = False

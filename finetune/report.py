@@ -1,7 +1,8 @@
 """Run reports: PNG plots and one self-contained ``report.html`` per run, from the files in the run folder.
 
-Everything is drawn from ``logs.jsonl`` (written by :class:`finetune.tracking.RunLog` whatever the trackers), so a
-report needs neither W&B nor TensorBoard, and the HTML inlines its images so it can be mailed or attached as is.
+Everything is drawn from ``logs.jsonl`` (written by :class:`finetune.training.tracking.RunLog` whatever the
+trackers), so a report needs neither W&B nor TensorBoard, and the HTML inlines its images so it can be mailed or
+attached as is.
 
 Usage::
 

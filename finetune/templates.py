@@ -330,7 +330,8 @@ for _template in [
     # Llama 3 Instruct: headers per turn, <|eot_id|> ends each. Like Gemma's below, the template writes its BOS
     # itself, as its chat template does: not every Llama 3 tokenizer prepends one.
     Template(
-        name="llama3", prefix="<|begin_of_text|>", system="<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
+        name="llama3", prefix="<|begin_of_text|>",
+        system="<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
         user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
              "<|start_header_id|>assistant<|end_header_id|>\n\n",
         assistant="{content}<|eot_id|>", strip_content=True),

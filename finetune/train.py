@@ -1,7 +1,7 @@
 """One run, top to bottom: model resolved -> data -> model + method -> trainer -> train -> save -> before/after.
 
 Read :func:`train` first; the parts it is built from are in ``finetune/build.py`` and the held-out comparison it
-ends with in ``finetune/evaluate.py``.
+ends with in ``finetune/evaluation/before_after.py``.
 """
 from __future__ import annotations
 
@@ -14,14 +14,21 @@ from typing import Optional
 from transformers import set_seed
 
 from .build import build_trainer, make_collator, method_model, run_arguments, skeleton, training_arguments
-from .checkpoints import GracefulStop, MarkComplete, write_best
 from .data import LabelAudit, build_datasets, show_example
-from .evaluate import BeforeAfter
+from .evaluation import BeforeAfter
 from .methods import count_parameters, get_method
 from .models import resolve_model
 from .recipe import Recipe
-from .run_folder import check_free_space, expected_bytes, open_run_folder, save_or_rescue
-from .tracking import finish_tracking, tracking_callbacks
+from .runs import (
+    GracefulStop,
+    MarkComplete,
+    check_free_space,
+    expected_bytes,
+    open_run_folder,
+    save_or_rescue,
+    write_best,
+)
+from .training import finish_tracking, tracking_callbacks
 
 __all__ = ["train", "training_arguments", "make_collator", "RunResult"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 
 def main(recipes_file: str, out_dir: str) -> int:
-    from finetune.checkpoints import latest_checkpoint
     from finetune.recipe import recipe_from_dict
+    from finetune.runs.checkpoints import latest_checkpoint
     from finetune.train import train
 
     rank = int(os.environ.get("RANK", 0))
@@ -84,7 +84,7 @@ def _force_fsdp_on_cpu() -> None:
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    from finetune.trainers import SFTTrainer
+    from finetune.training.trainers import SFTTrainer
 
     original = SFTTrainer.create_accelerator_and_postprocess
 

@@ -3,18 +3,21 @@ modules import each other, directly or around a loop (function-local imports inc
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "finetune"
 
-# Bottom to top; README "Development" draws the same picture. A module belongs to the longest prefix listed.
+# Bottom to top; README "Development" draws the same picture (test_the_readme_draws_these_layers). Each layer is a
+# few top-level modules and packages; a module belongs to the longest prefix listed.
 LAYERS = [
-    ("base", ["errors", "paths", "recipe", "overrides", "recipe_file", "precision", "positions", "conversation",
-              "templates", "metrics", "checkpoints", "run_folder"]),
-    ("models and data", ["models", "data", "attention", "loss", "collators"]),
-    ("training parts", ["trainers", "divergence", "methods", "generate", "generation_eval", "tracking", "verbalizer",
-                        "report"]),
-    ("workflows", ["build", "train", "inference", "evaluate", "merge", "chat", "convert", "export"]),
+    ("base", ["errors", "paths", "recipe", "recipe_file", "overrides", "precision", "templates", "conversation",
+              "language", "left_padded_positions"]),
+    ("run folder", ["runs"]),
+    ("models, data", ["models", "data"]),
+    ("training", ["training"]),
+    ("methods, evaluation", ["methods", "evaluation"]),
+    ("workflows", ["train", "build", "inference", "evaluate", "merge", "chat", "convert", "export", "report"]),
     ("command lines", ["run", "data.__main__"]),
 ]
 
@@ -127,9 +130,37 @@ def test_the_checks_catch_an_upward_import_and_a_cycle():
                                  ["models.embedded", "data.dataset", "models.embedded"])
 
 
+def readme_layers() -> list[tuple[str, set[str]]]:
+    """The layers as README's "Development" picture draws them, bottom to top: each label with the modules
+    (``x.py``, ``data/__main__.py``) and packages (``x/``) in its rows (dotted, as LAYERS names them)."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    rows = readme.split("Imports go one way", 1)[1].split("```", 2)[1].splitlines()[1:]
+    # Three columns: the label, the entries, what they are; the first row shows where each begins.
+    label, entries = re.match(r"( \S.*?\s{2,})(\S.*?\s{2,})", rows[0]).groups()
+    described_from = len(label) + len(entries)
+    layers: list[tuple[str, set[str]]] = []
+    for row in rows:
+        if row[1:2].strip() and row[1] != "│":
+            layers.append((row[1:len(label)].strip(), set()))
+        found = re.findall(r"(?<![\w/.])(\w+(?:/\w+)*)(?:\.py|/)(?!\w)", row[len(label):described_from])
+        layers[-1][1].update(name.replace("/", ".") for name in found)
+    return layers[::-1]
+
+
+def test_the_readme_draws_these_layers():
+    """README's picture, LAYERS and the tree agree: the same layers in the same order, each naming the same modules
+    and packages, every one of which exists, and every top-level module and package of finetune/ is drawn."""
+    assert readme_layers() == [(name, set(prefixes)) for name, prefixes in LAYERS]
+    named = {prefix for _, prefixes in LAYERS for prefix in prefixes}
+    assert all(_exists(prefix) for prefix in named), sorted(p for p in named if not _exists(p))
+    top_level = {p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py"} | {
+        p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert top_level <= named, sorted(top_level - named)
+
+
 def test_a_lora_run_does_not_load_the_chatglm2_port():
-    """P-Tuning's position ids live in a base module, so the methods, training and the command line no longer load
-    the ChatGLM2 port (its tokenizer and GLM conversion) for every run."""
+    """P-Tuning's position ids live in a base module (``left_padded_positions``), so the methods, training and the
+    command line no longer load the ChatGLM2 port (its tokenizer and GLM conversion) for every run."""
     import subprocess
     import sys
 

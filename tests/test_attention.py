@@ -14,12 +14,12 @@ from transformers import (
     Qwen3Config,
 )
 
-from finetune.attention import PACKED_SDPA, resolve_attention, segment_lengths
-from finetune.collators import PaddingCollator, PaddingFreeCollator
 from finetune.errors import UsageError
-from finetune.loss import causal_lm_loss
 from finetune.methods.ptuning import apply_ptuning
+from finetune.models.attention import PACKED_SDPA, resolve_attention, segment_lengths
 from finetune.recipe import PTuningSpec
+from finetune.training.collators import PaddingCollator, PaddingFreeCollator
+from finetune.training.loss import causal_lm_loss
 
 CONFIGS = {  # hidden sizes multiples of 32; kv heads < heads where the family has grouped-query attention
     "llama": LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -6,7 +6,7 @@ from test_evaluate import train_tiny_run
 
 from finetune import PTuningSpec
 from finetune.chat import Chat, main
-from finetune.generate import generate
+from finetune.evaluation.generation import generate
 from finetune.inference import load_run
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
-from finetune.checkpoints import COMPLETE, latest_checkpoint
-from finetune.divergence import TrainingDiverged
 from finetune.errors import RunFolderError
+from finetune.runs.checkpoints import COMPLETE, latest_checkpoint
 from finetune.train import train
+from finetune.training.divergence import TrainingDiverged
 
 
 def recipe(model_path, train_file, out, **training):

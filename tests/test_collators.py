@@ -1,7 +1,7 @@
 """The padding collator on plain lists, with no model and no tokenizer."""
 import torch
 
-from finetune.collators import PaddingCollator
+from finetune.training.collators import PaddingCollator
 
 FEATURES = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "num_tokens": 3},
             {"input_ids": [8], "labels": [8]}]
@@ -38,7 +38,7 @@ def test_equivalent_to_data_collator_for_seq2seq(tokenizer):
 
 
 def test_padding_free_concatenates_and_restarts_positions():
-    from finetune.collators import PaddingFreeCollator
+    from finetune.training.collators import PaddingFreeCollator
 
     batch = PaddingFreeCollator()(FEATURES)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8]]
@@ -51,8 +51,8 @@ def test_padding_free_loss_equals_the_padded_loss(tiny_llama):
     """Same examples, same model: the packed row's loss equals the padded batch's (no cross-contamination)."""
     from transformers import AutoModelForCausalLM
 
-    from finetune.collators import PaddingFreeCollator
-    from finetune.loss import causal_lm_loss
+    from finetune.training.collators import PaddingFreeCollator
+    from finetune.training.loss import causal_lm_loss
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="sdpa").eval()
     torch.manual_seed(0)

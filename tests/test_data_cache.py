@@ -7,10 +7,10 @@ import pytest
 import torch
 from helpers import write_jsonl
 
-from finetune.collators import PaddingCollator, PaddingFreeCollator
 from finetune.data import DataError, build_datasets, pipeline
 from finetune.recipe import DataSpec
 from finetune.templates import get_template
+from finetune.training.collators import PaddingCollator, PaddingFreeCollator
 
 RECORDS = [{"instruction": f"Count to {i}.", "input": "", "output": " ".join(map(str, range(i % 7 + 1)))}
            for i in range(60)] + [{"instruction": "Nothing.", "output": ""}]

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from finetune.divergence import DivergenceGuard, TrainingDiverged
+from finetune.training.divergence import DivergenceGuard, TrainingDiverged
 
 
 def steps(guard: DivergenceGuard, losses, norms):

@@ -9,10 +9,10 @@ from transformers import AutoModelForCausalLM
 from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, PTuningSpec, Recipe, TrainingSpec
 from finetune.data import Encoder
 from finetune.evaluate import main
-from finetune.metrics import compute_scores
+from finetune.evaluation.metrics import compute_scores
+from finetune.evaluation.verbalizer import score_candidates, verbalizer_accuracy
 from finetune.templates import get_template
 from finetune.train import train
-from finetune.verbalizer import score_candidates, verbalizer_accuracy
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "unicode_names" / "train.jsonl"
 

@@ -17,9 +17,9 @@ from finetune.conversation import user_text
 from finetune.export import ExportRefused, PromptFormat, export_run, jinja_chat_template, modelfile_text
 from finetune.export.vocab import bpe_pre_tokenizer
 from finetune.merge import PROBE, merge_run
+from finetune.runs import write_run_files
 from finetune.templates import get_template, template_names
 from finetune.train import train
-from finetune.trainers import write_run_files
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "unicode_names" / "train.jsonl"
 

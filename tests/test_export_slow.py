@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from finetune import EvalSpec
 from finetune.conversation import user_text
 from finetune.data import Encoder, read_examples
+from finetune.evaluation.generation import generate, prompt_messages
 from finetune.export import export_run
-from finetune.generate import generate, prompt_messages
 from finetune.inference import load_run
 from finetune.models import load_model
 from finetune.run import load_recipe

@@ -3,20 +3,21 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import finetune.loss
-from finetune.collators import PaddingCollator, PaddingFreeCollator
-from finetune.loss import causal_lm_loss, chunked_linear_cross_entropy, fusable_causal_lm
+import finetune.training.loss
 from finetune.methods import apply_method
 from finetune.models import get_family
 from finetune.recipe import LoraSpec, TrainingSpec
 from finetune.train import training_arguments
-from finetune.trainers import SFTTrainer
+from finetune.training.collators import PaddingCollator, PaddingFreeCollator
+from finetune.training.loss import causal_lm_loss, chunked_linear_cross_entropy, fusable_causal_lm
+from finetune.training.trainers import SFTTrainer
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("bias", [False, True])
 def test_chunked_loss_equals_plain_loss_and_gradients(smoothing, bias, monkeypatch):
-    monkeypatch.setattr(finetune.loss, "CHUNK_ELEMENTS", 3 * 50)  # 3 positions per chunk: several chunks, a ragged one
+    # 3 positions per chunk: several chunks, a ragged one
+    monkeypatch.setattr(finetune.training.loss, "CHUNK_ELEMENTS", 3 * 50)
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=bias)
     hidden = torch.randn(2, 7, 16, requires_grad=True)

@@ -5,7 +5,8 @@ import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_chinese import Rouge
 
-from finetune.metrics import chinese_scores, compute_scores, detect_language, english_scores
+from finetune.evaluation.metrics import chinese_scores, compute_scores, english_scores
+from finetune.language import detect_language
 
 
 def _official_bleu(prediction, reference):

@@ -16,10 +16,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from finetune import DataSpec, EvalSpec, FullSpec, LoraSpec, ModelSpec, PTuningSpec, Recipe, TrainingSpec
-from finetune.collators import PaddingCollator, PaddingFreeCollator
-from finetune.generate import generate, prompt_messages
+from finetune.evaluation.generation import generate, prompt_messages
 from finetune.inference import load_run
-from finetune.loss import causal_lm_loss, chunked_linear_cross_entropy
 from finetune.methods import apply_method
 from finetune.methods.fused_lora import FusedLoraLinear
 from finetune.methods.ptuning import apply_ptuning
@@ -27,7 +25,9 @@ from finetune.models import get_family, load_model
 from finetune.precision import native_bf16, upcast_trainable
 from finetune.recipe import QuantSpec
 from finetune.train import train, training_arguments
-from finetune.trainers import SFTTrainer
+from finetune.training.collators import PaddingCollator, PaddingFreeCollator
+from finetune.training.loss import causal_lm_loss, chunked_linear_cross_entropy
+from finetune.training.trainers import SFTTrainer
 
 # bf16-sensitive (every test compares bf16 against fp32 or a reload): make test-avx2 reruns them without
 # native bf16.
@@ -185,9 +185,9 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_chunked_loss_in_bf16(case, monkeypatch):
     """Loss within 1e-2 and gradients within 3e-2 (relative to their largest entry) of fp32; and equal (1e-5) to
     the plain loss over the same bf16 logits, with log-sum-exp in fp32 in both."""
-    import finetune.loss
+    import finetune.training.loss
 
-    monkeypatch.setattr(finetune.loss, "CHUNK_ELEMENTS", 5 * 512)  # several chunks and a ragged one
+    monkeypatch.setattr(finetune.training.loss, "CHUNK_ELEMENTS", 5 * 512)  # several chunks and a ragged one
     torch.manual_seed(0)
     hidden = torch.randn(3, 7, 64)
     weight = torch.randn(512, 64) * 0.1

@@ -2,6 +2,7 @@
 trained as the template shows them at inference; refused with one clear line where a template cannot show them."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -107,7 +108,8 @@ def test_thinking_drop_removes_reasoning_and_turns_enable_thinking_off(qwen3, wh
         {"role": "assistant", "content": "<think>\nRayleigh.\n</think>\n\nBlue."}
     record = {"messages": [{"role": "user", "content": "Sky?"}, answer]}
     kept = tokenized(qwen3, tmp_path, [record], name="kept.jsonl")[0]
-    assert "<think>\nRayleigh.\n</think>\n\nBlue.<|im_end|>" in supervised_text(qwen3, kept["input_ids"], kept["labels"])
+    kept_text = supervised_text(qwen3, kept["input_ids"], kept["labels"])
+    assert "<think>\nRayleigh.\n</think>\n\nBlue.<|im_end|>" in kept_text
 
     import dataclasses
 

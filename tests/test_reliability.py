@@ -234,16 +234,16 @@ def test_resume_refuses_a_changed_method_and_records_a_changed_step_count(cli, c
 
 
 def test_not_enough_free_space_stops_before_training(cli, capsys, monkeypatch):
-    import finetune.run_folder
+    import finetune.runs.folder
 
     usage = shutil.disk_usage(cli.tmp)
-    monkeypatch.setattr(finetune.run_folder.shutil, "disk_usage", lambda path: usage._replace(free=10_000))
+    monkeypatch.setattr(finetune.runs.folder.shutil, "disk_usage", lambda path: usage._replace(free=10_000))
     one_clean_line(run.main, [cli.recipe], capsys, "MiB free", "will write about")
     assert not (cli.out / "logs.jsonl").exists()  # stopped before the first step
 
 
 def test_a_failed_final_save_keeps_the_weights_and_says_where(cli, capsys, monkeypatch):
-    from finetune.trainers import SFTTrainer
+    from finetune.training.trainers import SFTTrainer
 
     save = SFTTrainer.save_model
 
@@ -273,7 +273,7 @@ def test_a_blown_up_run_stops_with_the_step_lines_and_advice_and_is_not_saved(le
 
 def test_the_guard_sees_every_optimizer_step(cli, monkeypatch):
     """It hooks the Trainer's private ``_get_grad_norm``: this fails if transformers stops calling it."""
-    from finetune.divergence import DivergenceGuard
+    from finetune.training.divergence import DivergenceGuard
 
     seen = []
     step = DivergenceGuard.step
@@ -347,14 +347,14 @@ def test_the_real_command_line_prints_one_line_and_verbose_the_traceback(cli):
 # --- run folders ---------------------------------------------------------------------------------------------------
 
 def test_two_runs_started_in_the_same_second_get_two_folders(cli, monkeypatch):
-    import finetune.run_folder
-    from finetune.checkpoints import latest_run_dir
+    import finetune.runs.folder
     from finetune.recipe_file import load_recipe
+    from finetune.runs.checkpoints import latest_run_dir
 
     monkeypatch.chdir(cli.tmp)
-    monkeypatch.setattr(finetune.run_folder.time, "strftime", lambda fmt: "20261130-120000")
+    monkeypatch.setattr(finetune.runs.folder.time, "strftime", lambda fmt: "20261130-120000")
     recipe = load_recipe(cli.recipe, ["training.output_dir="])
-    first, second = (finetune.run_folder.open_run_folder(recipe).path for _ in range(2))
+    first, second = (finetune.runs.folder.open_run_folder(recipe).path for _ in range(2))
     assert (first.name, second.name) == ("cli-20261130-120000", "cli-20261130-120000-2")
     assert latest_run_dir("cli") is None  # both still empty: nothing to resume
     (first / "checkpoint-1").mkdir()
@@ -364,7 +364,7 @@ def test_two_runs_started_in_the_same_second_get_two_folders(cli, monkeypatch):
 
 
 def test_a_complete_checkpoint_with_damaged_weights_is_skipped_on_resume(trained_run, tmp_path):
-    from finetune.checkpoints import COMPLETE, latest_checkpoint
+    from finetune.runs.checkpoints import COMPLETE, latest_checkpoint
 
     for step, damage in ((2, False), (4, True)):
         folder = tmp_path / f"checkpoint-{step}"

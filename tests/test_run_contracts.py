@@ -17,10 +17,10 @@ import torch
 from helpers import write_jsonl
 
 from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
-from finetune.checkpoints import COMPLETE, GracefulStop
 from finetune.data import build_datasets
 from finetune.errors import RunFolderError
 from finetune.models import Family, get_family, load_tokenizer, register_family, resolve_model
+from finetune.runs.checkpoints import COMPLETE, GracefulStop
 from finetune.templates import Template, get_template, register_template
 from finetune.train import train
 

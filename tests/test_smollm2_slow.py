@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_embedded_model_answers_before_any_training(smollm2_path, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from finetune.generate import generate
+    from finetune.evaluation.generation import generate
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32)
     answer = generate(model, tokenizer, get_template("tokenizer"),
@@ -28,7 +28,7 @@ def test_short_lora_run_learns_and_reloads_with_plain_peft(smollm2_path, tokeniz
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from finetune.generate import generate
+    from finetune.evaluation.generation import generate
     from finetune.train import train
 
     recipe = load_recipe("recipes/smollm2_lora.py", [

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune.tracking import parse_report_to, tokens_seen_mode, training_report_to, wandb_mode
 from finetune.train import train
+from finetune.training.tracking import parse_report_to, tokens_seen_mode, training_report_to, wandb_mode
 
 SECRET = "fake-secret-123"
 

@@ -7,12 +7,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from finetune import DataSpec, EvalSpec, FullSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
-from finetune.collators import PaddingCollator
 from finetune.data import build_datasets
 from finetune.models import get_family, load_tokenizer
 from finetune.templates import get_template
 from finetune.train import train, training_arguments
-from finetune.trainers import SFTTrainer
+from finetune.training.collators import PaddingCollator
+from finetune.training.trainers import SFTTrainer
 
 
 def tiny_recipe(model_path, train_file, tmp_path, **training):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
-from ..trainers import SFTTrainer
+from ..training import SFTTrainer
 
 __all__ = ["Method"]
 

@@ -25,11 +25,12 @@ try:
 except ImportError:  # Python < 3.12
     from typing_extensions import override
 
-from ..attention import PACKED_SDPA
-from ..positions import chatglm2_position_ids  # real tokens from 0, whatever the family
+from ..left_padded_positions import chatglm2_position_ids  # real tokens from 0, whatever the family
+from ..models import PACKED_SDPA
 from ..precision import compute_dtype
 from ..recipe import PTuningSpec
-from ..trainers import SFTTrainer, write_run_files
+from ..runs import write_run_files
+from ..training import SFTTrainer
 from .method import Method
 from .ptuning_io import PREFIX_CONFIG, PREFIX_WEIGHTS, read_prefix, write_prefix
 

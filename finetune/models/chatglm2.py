@@ -17,7 +17,7 @@ import torch
 from transformers import GlmConfig, GlmForCausalLM
 
 from ..errors import UsageError, UserError
-from ..positions import chatglm2_position_ids  # re-exported: part of the port's API
+from ..left_padded_positions import chatglm2_position_ids  # re-exported: part of the port's API
 from .chatglm2_tokenizer import ChatGLM2Tokenizer, is_chatglm2_tokenizer_folder, load_chatglm2_tokenizer
 
 __all__ = ["CheckpointKeyError", "ChatGLM2Tokenizer", "chatglm2_position_ids", "convert_config",

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from ..attention import resolve_attention
 from ..errors import UsageError, UserError, check_safetensors_in
 from ..precision import resolve_dtype
 from ..recipe import ModelSpec
+from .attention import resolve_attention
 from .embedded import embedded_model_path, is_embedded
 from .family import Family, detect_family, get_family
 

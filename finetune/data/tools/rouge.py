@@ -17,7 +17,7 @@ from typing import Callable
 
 import jieba
 
-from ...metrics import detect_language
+from ...language import detect_language
 
 __all__ = ["NearDuplicateIndex", "SearchStats", "lcs_length", "rouge_l", "tokenize"]
 

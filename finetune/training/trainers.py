@@ -1,10 +1,8 @@
 """Trainer subclasses: the loss hook and the save hook, each short and delegating to ``transformers.Trainer``."""
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
-from typing import Mapping, Optional
+from typing import Optional
 
 import torch
 from transformers import Trainer
@@ -14,29 +12,14 @@ try:
 except ImportError:  # Python < 3.12
     from typing_extensions import override
 
-from .data.tokenize import IGNORE_INDEX
+from ..data.tokenize import IGNORE_INDEX
+from ..runs import write_run_files
 from .divergence import DivergenceGuard
 from .loss import FinalHiddenStates, causal_lm_loss, chunked_linear_cross_entropy, fusable_causal_lm
-from .recipe import recipe_to_dict
 
-__all__ = ["SFTTrainer", "write_run_files"]
+__all__ = ["SFTTrainer"]
 
 logger = logging.getLogger(__name__)
-
-
-def write_run_files(output_dir: str | Path, template, recipe) -> None:
-    """Save the template and the resolved recipe beside the weights, so inference uses the training format.
-
-    Args:
-        recipe: a ``Recipe``, or the dict ``recipe.json`` should hold (a resumed run's: the recipe it started with
-            and what each resume changed, ``finetune.run_folder``).
-    """
-    output_dir = Path(output_dir)
-    if template is not None:
-        (output_dir / "template.json").write_text(json.dumps(template.to_dict(), indent=2, ensure_ascii=False))
-    if recipe is not None:
-        record = recipe if isinstance(recipe, Mapping) else recipe_to_dict(recipe)
-        (output_dir / "recipe.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
 
 
 class SFTTrainer(Trainer):
@@ -45,7 +28,8 @@ class SFTTrainer(Trainer):
     Args:
         template: the prompt template the data was rendered with (saved as ``template.json``).
         recipe: the resolved recipe (saved as ``recipe.json``).
-        generation_eval: answer and score held-out prompts at every evaluation (``finetune.generation_eval``).
+        generation_eval: answer and score held-out prompts at every evaluation
+            (``finetune.evaluation.generation_eval``).
     """
 
     # compute_loss divides by num_items_in_batch itself, so training_step must not divide again.
@@ -67,7 +51,8 @@ class SFTTrainer(Trainer):
     @override
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Loss over supervised tokens only: the body runs on every token, the LM head only where some row has a
-        label, and in training the head's logits are made and dropped a chunk at a time (``finetune/loss.py``)."""
+        label, and in training the head's logits are made and dropped a chunk at a time
+        (``finetune/training/loss.py``)."""
         inputs = dict(inputs)
         lines = inputs.pop("lines", None)
         targets = inputs.pop("labels")[:, 1:]

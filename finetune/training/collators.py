@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from .data.tokenize import IGNORE_INDEX
+from ..data.tokenize import IGNORE_INDEX
 
 __all__ = ["PaddingCollator", "PaddingFreeCollator"]
 
@@ -78,8 +78,8 @@ class PaddingFreeCollator:
         # int64 whatever the cache stores (token ids are int32 there): embeddings and the loss take int64
         batch = {"input_ids": torch.tensor([input_ids], dtype=torch.long),
                  "labels": torch.tensor([labels], dtype=torch.long), "position_ids": torch.tensor([positions]),
-                 # The row's layout as host integers, for the packed SDPA kernel (finetune/attention.py): it reaches
-                 # every attention layer as a keyword argument, so no layer reads it back from the device.
+                 # The row's layout as host integers, for the packed SDPA kernel (finetune/models/attention.py): it
+                 # reaches every attention layer as a keyword argument, so no layer reads it back from the device.
                  "packed_lengths": [[b - a for a, b in zip(bounds, bounds[1:])]]}
         if self.flash_attn_kwargs:
             longest = max(b - a for a, b in zip(bounds, bounds[1:]))

@@ -6,9 +6,9 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .collators import PaddingCollator
-from .conversation import prompt_messages
-from .data.tokenize import Encoder
+from ..conversation import prompt_messages
+from ..data.tokenize import Encoder
+from ..training import PaddingCollator
 
 __all__ = ["generate", "prompt_messages"]
 

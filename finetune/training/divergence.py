@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["DivergenceGuard", "TrainingDiverged"]
 

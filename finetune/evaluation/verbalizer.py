@@ -16,9 +16,9 @@ from typing import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .conversation import prompt_messages
-from .data.tokenize import Encoder
-from .errors import UsageError
+from ..conversation import prompt_messages
+from ..data.tokenize import Encoder
+from ..errors import UsageError
 
 __all__ = ["score_candidates", "verbalizer_accuracy"]
 

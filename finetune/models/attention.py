@@ -24,7 +24,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["PACKED_SDPA", "packed_sdpa_attention", "packed_sdpa_mask", "segment_lengths", "resolve_attention"]
 

@@ -16,7 +16,7 @@ from typing import Optional
 
 from transformers import TrainerCallback
 
-from .errors import CorruptFileError, check_safetensors_in
+from ..errors import CorruptFileError, check_safetensors_in
 
 __all__ = ["GracefulStop", "MarkComplete", "latest_checkpoint", "latest_run_dir", "write_best", "COMPLETE"]
 

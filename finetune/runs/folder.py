@@ -15,14 +15,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
+from ..errors import CorruptFileError, RunFolderError, UserError, check_safetensors_in
+from ..paths import cache_dir
+from ..recipe import Recipe, recipe_to_dict
 from .checkpoints import COMPLETE, latest_checkpoint, latest_run_dir
-from .errors import CorruptFileError, RunFolderError, UserError, check_safetensors_in
-from .paths import cache_dir
-from .recipe import Recipe, recipe_to_dict
 
-__all__ = ["RunFolder", "open_run_folder", "check_free_space", "expected_bytes", "save_or_rescue"]
+__all__ = ["RunFolder", "open_run_folder", "check_free_space", "expected_bytes", "save_or_rescue", "write_run_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +173,21 @@ def _differences(old: Any, new: Any, prefix: str = "") -> dict[str, tuple]:
             out.update(_differences(old.get(key), new.get(key), f"{prefix}{key}."))
         return out
     return {} if old == new else {prefix[:-1]: (old, new)}
+
+
+def write_run_files(output_dir: str | Path, template, recipe) -> None:
+    """Save the template and the resolved recipe beside the weights, so inference uses the training format.
+
+    Args:
+        recipe: a ``Recipe``, or the dict ``recipe.json`` should hold (a resumed run's ``RunFolder.record``: the
+            recipe it started with and what each resume changed).
+    """
+    output_dir = Path(output_dir)
+    if template is not None:
+        (output_dir / "template.json").write_text(json.dumps(template.to_dict(), indent=2, ensure_ascii=False))
+    if recipe is not None:
+        record = recipe if isinstance(recipe, Mapping) else recipe_to_dict(recipe)
+        (output_dir / "recipe.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
 
 
 def expected_bytes(model, args, whole_model: bool) -> int:

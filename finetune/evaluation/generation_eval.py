@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from .conversation import plain_messages, prompt_messages
+from ..conversation import plain_messages, prompt_messages
 
 __all__ = ["GenerationEval"]
 
@@ -32,7 +32,7 @@ class GenerationEval:
         conversations: held-out conversations; each is answered at its last assistant turn.
         max_new_tokens: answer length cap (the main cost control besides ``len(conversations)``).
         batch_size: prompts per ``generate`` call (as ``finetune.evaluate --batch-size``).
-        language: ``auto`` (from the references), ``zh`` or ``en``: which metrics (see ``finetune.metrics``).
+        language: ``auto`` (from the references), ``zh`` or ``en``: which metrics (see ``finetune.evaluation.metrics``).
         generate_kwargs: sampling settings (``do_sample``, ``top_p``, ``temperature``); greedy when empty.
         output_dir: where each evaluation's answers are written (by the main process), as
             ``generations/eval-K-step-N.jsonl`` (K counts evaluations: the before-training baseline is ``eval-0``,
@@ -54,8 +54,9 @@ class GenerationEval:
 
     def __call__(self, model, tokenizer, template, accelerator, step: int, prefix: str = "eval") -> dict:
         """Answer, gather, score; returns ``{prefix}_<metric>`` values and ``{prefix}_generate_seconds``."""
-        from .generate import generate
-        from .metrics import compute_scores, detect_language
+        from ..language import detect_language
+        from .generation import generate
+        from .metrics import compute_scores
 
         started = time.perf_counter()
         prompts, references = zip(*(prompt_messages(c) for c in self.conversations))

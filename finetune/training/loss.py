@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.tokenize import IGNORE_INDEX
-from .precision import compute_dtype
+from ..data.tokenize import IGNORE_INDEX
+from ..precision import compute_dtype
 
 __all__ = ["causal_lm_loss", "chunked_linear_cross_entropy", "fusable_causal_lm", "FinalHiddenStates"]
 

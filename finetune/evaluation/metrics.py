@@ -4,10 +4,14 @@
 number, so results here can be set beside the ones published for ChatGLM2: ROUGE on jieba words, BLEU-4 on
 characters, each rounded to 4 decimals per example and then averaged. ``english_scores`` is the usual English
 counterpart (Google's ``rouge_score`` with stemming, BLEU-4 on whitespace words, exact match).
+
+On top of them, what ``python -m finetune.evaluate`` and the before/after comparison of a run share: answers to
+conversations scored (:func:`score_predictions`), run minus base (:func:`score_difference`) and the table of both.
 """
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 import jieba
 import numpy as np
@@ -15,17 +19,14 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_chinese import Rouge
 from rouge_score import rouge_scorer
 
-__all__ = ["chinese_scores", "compute_scores", "detect_language", "english_scores"]
+from ..conversation import prompt_messages, user_text
+from ..language import detect_language
+
+__all__ = ["chinese_scores", "compute_scores", "english_scores", "format_table", "score_difference",
+           "score_predictions"]
 
 # jieba logs "Building prefix dict..." to stderr at DEBUG the first time it segments; keep only real problems.
 jieba.setLogLevel(logging.WARNING)
-
-# A text counts as Chinese above this share of Han characters among its letters. Below one half on purpose: one Han
-# character carries about what a 4-5 letter English word does, so a mostly-Chinese answer with a few Latin terms
-# ("用 PyTorch 训练模型") can still have fewer Han characters than Latin letters. And the costs are lopsided: scored as
-# English, Chinese text is silently dropped (rouge_score keeps only [a-z0-9]); scored as Chinese, English words still
-# count, since jieba keeps them whole.
-CJK_THRESHOLD = 0.3
 
 # Method 3 (NIST geometric smoothing) is the official recipe: short answers with no 4-gram match still score > 0.
 _SMOOTHING = SmoothingFunction().method3
@@ -107,27 +108,6 @@ def english_scores(predictions: list[str], references: list[str]) -> dict[str, f
     return {key: float(np.mean(values)) for key, values in scores.items()}
 
 
-def _is_han(char: str) -> bool:
-    code = ord(char)
-    # CJK Unified Ideographs, Extension A, Compatibility Ideographs, Extensions B and beyond.
-    return 0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0xF900 <= code <= 0xFAFF or code >= 0x20000
-
-
-def detect_language(texts: list[str]) -> str:
-    """Say whether texts should be scored as Chinese or English.
-
-    Args:
-        texts: The texts to look at, taken together.
-
-    Returns:
-        ``"zh"`` when Han characters are more than ``CJK_THRESHOLD`` of all letters, else ``"en"`` (also when there
-        are no letters, since whitespace scoring handles digits and symbols).
-    """
-    letters = [char for text in texts for char in text if char.isalpha()]
-    han = sum(_is_han(char) for char in letters)
-    return "zh" if letters and han / len(letters) > CJK_THRESHOLD else "en"
-
-
 def compute_scores(predictions: list[str], references: list[str], language: str = "auto") -> dict[str, float]:
     """Score generations with the Chinese or English recipe.
 
@@ -150,3 +130,42 @@ def compute_scores(predictions: list[str], references: list[str], language: str 
     if language not in scorers:
         raise ValueError(f"unknown language {language!r}; expected one of 'auto', 'zh', 'en'")
     return scorers[language](predictions, references)
+
+
+def score_predictions(conversations: Sequence[list[dict]], predictions: Sequence[str],
+                      language: str = "auto") -> tuple[list[dict], dict]:
+    """Score answers to the conversations' last turns.
+
+    Returns:
+        Per-example rows ``{"prompt", "reference", "prediction"}`` and the scores (the dict of
+        :func:`compute_scores` plus ``"language"``, which ``auto`` detected from the references).
+    """
+    prompts, references = zip(*(prompt_messages(c) for c in conversations))
+    if language == "auto":
+        language = detect_language(list(references))  # recorded, so a reader knows which recipe scored it
+    rows = [{"prompt": user_text(p[-1]), "reference": r, "prediction": a}
+            for p, r, a in zip(prompts, references, predictions)]
+    return rows, {**compute_scores(list(predictions), list(references), language), "language": language}
+
+
+def score_difference(scores: dict, baseline: dict) -> dict:
+    """Run minus base, for the numeric scores (``language`` and the like are left out)."""
+    return {k: v - baseline[k] for k, v in scores.items() if _number(v)}
+
+
+def format_table(report: dict) -> str:
+    """The numeric scores as a table: one row per metric, columns run (and base, difference)."""
+    columns = ["run"] + (["base", "diff"] if "baseline" in report else [])
+    lines = [f"{'metric':<12}" + "".join(f"{c:>10}" for c in columns)]
+    for key, value in report["scores"].items():
+        if not _number(value):
+            continue
+        cells = [f"{value:10.2f}"]
+        if "baseline" in report:
+            cells += [f"{report['baseline'][key]:10.2f}", f"{report['difference'][key]:+10.2f}"]
+        lines.append(f"{key:<12}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -24,7 +24,7 @@ try:
 except ImportError:  # Python < 3.12
     from typing_extensions import override
 
-from .recipe import Recipe, recipe_to_dict
+from ..recipe import Recipe, recipe_to_dict
 
 __all__ = ["OWN_TRACKERS", "RunLog", "finish_tracking", "parse_report_to", "tokens_seen_mode", "tracking_callbacks",
            "training_report_to", "wandb_mode"]
