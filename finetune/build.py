@@ -79,7 +79,7 @@ def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "pa
         raise RecipeError(f"transformers.TrainingArguments refused the training settings: {reason}") from None
 
 
-def run_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
+def run_arguments(recipe: Recipe, output_dir: Path, attention: Optional[str] = None) -> TrainingArguments:
     """The run's ``TrainingArguments``, made before the model is loaded (and kept by the caller): DeepSpeed ZeRO-3's
     ``zero.Init`` and FSDP's low-memory loading apply in ``from_pretrained`` only when they already exist."""
     extra = recipe.training.extra
@@ -94,7 +94,8 @@ def run_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")
-    return training_arguments(recipe.training, output_dir, resolved_batching(recipe), resolve_dtype(recipe.model.dtype))
+    return training_arguments(recipe.training, output_dir, resolved_batching(recipe, attention),
+                              resolve_dtype(recipe.model.dtype))
 
 
 def build_trainer(recipe: Recipe, resolved: ResolvedModel, model, data, args: TrainingArguments, callbacks: list,
@@ -108,7 +109,8 @@ def build_trainer(recipe: Recipe, resolved: ResolvedModel, model, data, args: Tr
     output_dir = Path(args.output_dir)
     return get_method(recipe.method.name).trainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-        data_collator=make_collator(resolved_batching(recipe), resolved.tokenizer, recipe.model.attn_implementation),
+        data_collator=make_collator(resolved_batching(recipe, resolved.attention), resolved.tokenizer,
+                                    resolved.attention),
         processing_class=resolved.tokenizer, template=resolved.template, recipe=record or recipe, callbacks=callbacks,
         generation_eval=_generation_eval(recipe, data.eval, output_dir))
 

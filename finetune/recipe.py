@@ -351,17 +351,22 @@ class Recipe:
                               "data.batching=padded.")
 
 
-def resolved_batching(recipe: Recipe) -> str:
+def resolved_batching(recipe: Recipe, attention: Optional[str] = None) -> str:
     """``data.batching`` with ``auto`` decided: padding-free, unless the method needs an attention kernel for it
-    that the recipe does not run (P-Tuning v2 on a dense kernel: one prefix cannot be shared between examples)."""
+    that the recipe does not run (P-Tuning v2 on a dense kernel: one prefix cannot be shared between examples).
+
+    Args:
+        attention: the kernel ``model.attn_implementation`` resolved to for the model (``auto`` is the packed
+            kernel for most models, but plain SDPA or eager for sliding-window or soft-capped ones).
+    """
     if recipe.data.batching != "auto":
         return recipe.data.batching
-    return "padding_free" if _packs(recipe) else "padded"
+    return "padding_free" if _packs(recipe, attention) else "padded"
 
 
-def _packs(recipe: Recipe) -> bool:
+def _packs(recipe: Recipe, attention: Optional[str] = None) -> bool:
     allowed = getattr(recipe.method, "padding_free_attention", None)
-    return allowed is None or recipe.model.attn_implementation in allowed
+    return allowed is None or (attention or recipe.model.attn_implementation) in allowed
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

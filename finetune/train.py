@@ -62,7 +62,7 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
     # Settings TrainingArguments refuses stop here, and the run folder is claimed and probed, before any compute.
     # The arguments come first: under torchrun they start the process group the folder's name is shared over,
     # and ZeRO-3 and FSDP load the model sharded only when they exist.
-    args = run_arguments(recipe, Path(recipe.training.output_dir or "runs"))
+    args = run_arguments(recipe, Path(recipe.training.output_dir or "runs"), resolved.attention)
     folder = open_run_folder(recipe, resume, dry_run)
     args.output_dir, output_dir = str(folder.path), folder.path
 

@@ -2,7 +2,6 @@
 trained as the template shows them at inference; refused with one clear line where a template cannot show them."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -13,7 +12,8 @@ from finetune.data import build_datasets
 from finetune.data.errors import DataError
 from finetune.data.tokenize import IGNORE_INDEX, Encoder
 from finetune.errors import UsageError
-from finetune.recipe import DataSpec
+from finetune.models import resolve_model
+from finetune.recipe import DataSpec, ModelSpec
 from finetune.templates import TemplateError, get_template
 
 WEATHER = {"type": "function", "function": {
@@ -103,7 +103,7 @@ def test_parquet_with_per_file_tools_reads_the_same_rows(qwen3, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["reasoning_content", "inline"])
-def test_thinking_drop_removes_reasoning_and_turns_enable_thinking_off(qwen3, where, tmp_path):
+def test_thinking_drop_removes_reasoning_and_turns_enable_thinking_off(qwen3, where, todays_model, tmp_path):
     answer = {"role": "assistant", "content": "Blue.", "reasoning_content": "Rayleigh."} if where != "inline" else \
         {"role": "assistant", "content": "<think>\nRayleigh.\n</think>\n\nBlue."}
     record = {"messages": [{"role": "user", "content": "Sky?"}, answer]}
@@ -111,11 +111,8 @@ def test_thinking_drop_removes_reasoning_and_turns_enable_thinking_off(qwen3, wh
     kept_text = supervised_text(qwen3, kept["input_ids"], kept["labels"])
     assert "<think>\nRayleigh.\n</think>\n\nBlue.<|im_end|>" in kept_text
 
-    import dataclasses
-
-    from finetune.models import resolve_model  # noqa: F401 - the same replacement train() makes
-
-    template = dataclasses.replace(get_template("tokenizer"), enable_thinking=False)
+    template = resolve_model(ModelSpec(path=str(todays_model("qwen3"))), thinking="drop").template  # as train()
+    assert template.enable_thinking is False and template.to_dict()["enable_thinking"] is False  # template.json
     encoder = Encoder(qwen3, template, 4096, thinking="drop")
     row = encoder({"messages": [record["messages"]], "tools": [None]})
     ids, labels = row["input_ids"][0], row["labels"][0]

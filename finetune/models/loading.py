@@ -16,8 +16,9 @@ from .attention import resolve_attention
 from .embedded import embedded_model_path, is_embedded
 from .family import Family, detect_family, get_family
 
-__all__ = ["ModelNotFoundError", "ModelWeightsError", "check_weights", "resolve_model_path", "resolve_family",
-           "load_tokenizer", "load_model", "quantized_device", "load_config", "native_window", "check_context_window"]
+__all__ = ["ModelNotFoundError", "ModelWeightsError", "attention_for", "check_weights", "resolve_model_path",
+           "resolve_family", "load_tokenizer", "load_model", "quantized_device", "load_config", "native_window",
+           "check_context_window"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ def _config(path: Path) -> dict:
     if not config.exists():
         raise ModelNotFoundError(f"{path} has no config.json; model.path must be a Hugging Face model folder.")
     return json.loads(config.read_text())
+
+
+def attention_for(spec: ModelSpec, path: Path) -> str:
+    """The kernel ``model.attn_implementation`` means for the model in ``path`` (``auto`` decided from its config)."""
+    return resolve_attention(spec.attn_implementation, _config(path))
 
 
 def resolve_family(spec: ModelSpec, path: Path) -> Family:

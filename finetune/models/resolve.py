@@ -14,6 +14,7 @@ from ..recipe import ModelSpec
 from ..templates import TokenizerTemplate, get_template
 from .family import Family
 from .loading import (
+    attention_for,
     check_context_window,
     check_weights,
     load_config,
@@ -35,6 +36,8 @@ class ResolvedModel:
     tokenizer: Any
     template: Any
     """A ``Template`` or ``TokenizerTemplate``."""
+    attention: str = "auto"
+    """The attention kernel ``model.attn_implementation`` resolves to for this model (``auto`` decided)."""
 
 
 def resolve_model(spec: ModelSpec, template: Any = "auto", tokenizer_from: Optional[Path] = None,
@@ -64,4 +67,4 @@ def resolve_model(spec: ModelSpec, template: Any = "auto", tokenizer_from: Optio
         template = get_template(template)
     if isinstance(template, TokenizerTemplate) and thinking == "drop":
         template = dataclasses.replace(template, enable_thinking=False)
-    return ResolvedModel(path, family, tokenizer, template)
+    return ResolvedModel(path, family, tokenizer, template, attention_for(spec, path))
