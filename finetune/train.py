@@ -14,7 +14,7 @@ from typing import Optional
 from transformers import set_seed
 
 from .build import build_trainer, make_collator, method_model, run_arguments, skeleton, training_arguments
-from .data import LabelAudit, build_datasets, show_example
+from .data import LabelAudit, build_datasets, plain_messages, show_example
 from .evaluation import BeforeAfter
 from .methods import count_parameters, get_method
 from .models import resolve_model
@@ -28,6 +28,7 @@ from .runs import (
     save_or_rescue,
     write_best,
 )
+from .template_check import check_conversations
 from .training import finish_tracking, tracking_callbacks
 
 __all__ = ["train", "training_arguments", "make_collator", "RunResult"]
@@ -77,6 +78,12 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
         logger.info("Eval split: %d examples", len(data.eval))
 
     if dry_run:
+        sample = data.train.select(range(min(5, len(data.train))))
+        check = check_conversations(resolved.tokenizer, resolved.template,
+                                    [plain_messages(m) for m in sample["messages"]], sample["tools"],
+                                    recipe.data.thinking, recipe.data.system)
+        (logger.info if check.ok else logger.warning)("Template check (python -m finetune.check template): %s",
+                                                      check.format())
         trainable, total = count_parameters(skeleton(resolved.path, resolved.family, recipe.model, recipe.method))
         logger.info("Dry run: %d train examples, %d tokens; trainable parameters %s of %s (%.3f%%); the run "
                     "would write to %s", audit.examples, audit.tokens, f"{trainable:,}", f"{total:,}",

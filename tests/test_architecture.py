@@ -17,8 +17,9 @@ LAYERS = [
     ("models, data", ["models", "data"]),
     ("training", ["training"]),
     ("methods, evaluation", ["methods", "evaluation"]),
-    ("workflows", ["train", "build", "inference", "evaluate", "merge", "chat", "convert", "export", "report"]),
-    ("command lines", ["run", "data.__main__"]),
+    ("workflows", ["train", "build", "inference", "evaluate", "merge", "chat", "convert", "export", "report",
+                   "template_check"]),
+    ("command lines", ["run", "data.__main__", "check"]),
 ]
 
 

@@ -37,7 +37,8 @@ class ReadResult:
 def read_examples(path: str | Path, fmt: str, *, prompt_column: str = "content",
                   response_column: str = "summary", text_column: str = "text",
                   system: str | None = None, columns: Mapping[str, str] | None = None,
-                  split: str = "train", subset: str | None = None, revision: str | None = None) -> ReadResult:
+                  split: str = "train", subset: str | None = None, revision: str | None = None,
+                  tools: str | None = None, limit: int | None = None) -> ReadResult:
     """Read one source in format ``fmt`` into a list of conversations (for small sets: evaluation, tools).
 
     Args:
@@ -48,13 +49,17 @@ def read_examples(path: str | Path, fmt: str, *, prompt_column: str = "content",
         system: system prompt for records that carry none (``None`` leaves it to the template).
         columns: ``{field of the format: field in the data}``, as LLaMA-Factory's ``dataset_info`` columns.
         split, subset, revision: for ``hub:`` datasets.
+        tools: tool schemas (JSON text) for records without their own (``data.tools``).
+        limit: stop after this many usable examples.
     """
-    converter = RecordConverter(fmt, prompt_column, response_column, text_column, system, dict(columns or {}))
+    converter = RecordConverter(fmt, prompt_column, response_column, text_column, system, dict(columns or {}), tools)
     source = open_source(str(path), split=split, subset=subset, revision=revision)
     result = ReadResult(str(path))
     for chunk in source.chunks(1024):
-        for number, messages, tools in converter.convert_chunk(source.name, chunk, result.skipped):
+        for number, messages, schemas in converter.convert_chunk(source.name, chunk, result.skipped):
             result.conversations.append(messages)
             result.lines.append(number)
-            result.tools.append(tools)
+            result.tools.append(schemas)
+            if limit is not None and len(result.conversations) >= limit:
+                return result
     return result
