@@ -83,6 +83,16 @@ def test_generation_matches_step_by_step_forward(tiny_llama):
     assert torch.equal(out, seq)
 
 
+def test_generation_stops_at_any_of_several_end_tokens(tiny_llama):
+    """Templates that end answers with their own token (Gemma's <end_of_turn>) stop on it or on EOS."""
+    model = prefix_model(tiny_llama).eval()
+    ids, mask, _ = batch()
+    first = model.generate(ids, mask, max_new_tokens=1)[:, -1].tolist()
+    never = next(i for i in range(1, 100) if i not in first)
+    out = model.generate(ids, mask, max_new_tokens=5, eos_token_id=[first[0], never, first[1]])
+    assert out.shape[1] == ids.shape[1] + 1  # every row ended on its first token, each on a different stop id
+
+
 def test_ptuning_run_saves_only_the_prefix_and_reloads_identically(tiny_llama, alpaca_file, tmp_path):
     recipe = Recipe(
         name="tiny_ptuning", model=ModelSpec(path=str(tiny_llama), max_length=96),

@@ -176,8 +176,8 @@ class PrefixModel(nn.Module):
             token = _pick(logits.float(), do_sample, temperature, top_p)
             token = torch.where(done, torch.full_like(token, pad_token_id), token)
             tokens.append(token)
-            if eos_token_id is not None:
-                done |= token == eos_token_id
+            if eos_token_id is not None:  # one id, or every token that ends an answer (Gemma: two)
+                done |= torch.isin(token, torch.tensor(eos_token_id, device=token.device).reshape(-1))
             if bool(done.all()):
                 break
             mask, positions = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], -1), positions + 1
