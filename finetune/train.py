@@ -111,6 +111,7 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
                        "RECIPE training.output_dir=%s --resume", stop.received, trainer.state.global_step,
                        output_dir, output_dir)
         return RunResult(output_dir, interrupted=True)
+    trainer.divergence.finish(trainer.state.global_step)  # a run too short for the guard's patience
     save_or_rescue(trainer.save_model, output_dir)
     write_best(trainer, output_dir)
     result = RunResult(output_dir)

@@ -42,6 +42,21 @@ def test_zero_gradients_for_five_steps_stop():
         steps(guard, [10.8], [0.0])
 
 
+def test_a_run_that_ends_while_a_rule_fires_is_stopped_at_the_end():
+    """#30: lr 1e6 for 6 steps had zero gradients from step 3, one short of the patience, and was saved."""
+    guard = DivergenceGuard(1e6)
+    steps(guard, [10.9, 10.8, 10.8, 10.8, 10.8, 10.8], [3.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    with pytest.raises(TrainingDiverged, match=r"step 6: the gradients were exactly 0 for the last 4 steps"):
+        guard.finish(6)
+    high = DivergenceGuard(1.0)
+    steps(high, [3.0] * 5 + [6.5], [1.0] * 6)
+    with pytest.raises(TrainingDiverged, match="far above its start for the last 1 steps"):
+        high.finish(6)
+    learning = DivergenceGuard(1e-4)
+    steps(learning, [3.0, 2.5, 2.6, 2.0, 1.8, 1.9], [2.0, 1.5, 1.7, 1.1, 1.0, 1.2])
+    learning.finish(6)  # a run that learned ends quietly
+
+
 def test_a_loss_far_above_its_start_for_five_steps_stops():
     guard = DivergenceGuard(1.0)
     steps(guard, [3.0] * 5 + [5.9] * 10, [1.0] * 15)  # start + max(2, start) = 6.0 is the line

@@ -79,6 +79,19 @@ class DivergenceGuard:
             self._stop(step, f"the loss has been far above its start for {self._high} steps ({loss:.2f}, it started "
                              f"at {start:.2f})")
 
+    def finish(self, step: int) -> None:
+        """Called when training ends: a run that ends while a rule is firing (its last steps had zero gradients, or
+        a loss far above its start) has not trained, however short it was, and is not saved as if it had.
+
+        Raises:
+            TrainingDiverged: the last step had zero gradients or a loss far above its start.
+        """
+        if self._zero:
+            self._stop(step, f"the gradients were exactly 0 for the last {self._zero} steps of the run: the model "
+                             "had stopped learning")
+        if self._high:
+            self._stop(step, f"the loss was far above its start for the last {self._high} steps of the run")
+
     def _stop(self, step: int, what: str) -> None:
         held = self.lines.tolist() if hasattr(self.lines, "tolist") else self.lines
         lines = f" The last batch held the examples at lines {held} of the training data." if held else ""
