@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                         help="continue the run in training.output_dir (default: the newest runs/<name>-*) from its "
                              "latest complete checkpoint, or from CHECKPOINT")
+    parser.add_argument("--resume-weights-only", action="store_true",
+                        help="with --resume: accept a checkpoint without its optimizer, schedule or RNG state "
+                             "(what is missing starts afresh)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the model, the data, the settings and the output folder, tokenize, audit labels "
                              "and count trainable parameters, then exit without training")
@@ -46,7 +49,8 @@ def _run(args: argparse.Namespace) -> int:
     from .train import train  # heavy imports only after the recipe is known to be valid
 
     try:
-        result = train(recipe, dry_run=args.dry_run, resume=args.resume)
+        result = train(recipe, dry_run=args.dry_run, resume=args.resume or args.resume_weights_only,
+                       resume_weights_only=args.resume_weights_only)
     except KeyboardInterrupt:  # a second SIGINT/SIGTERM (finetune.runs.checkpoints.GracefulStop): stop now
         print("error: aborted by a second signal; checkpoints already written are kept (resume with --resume).",
               file=sys.stderr)

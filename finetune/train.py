@@ -49,13 +49,15 @@ class RunResult:
     """The trained model in memory (what was saved), for use without reloading."""
 
 
-def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> RunResult:
+def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
+          resume_weights_only: bool = False) -> RunResult:
     """Fine-tune as the recipe says.
 
     Args:
         dry_run: stop after the label audit and the trainable-parameter count.
         resume: continue from the latest complete checkpoint of the run folder (``training.output_dir``, or the
             newest ``runs/<name>-*``), or from the checkpoint folder given as a path.
+        resume_weights_only: allow resuming from a checkpoint without optimizer/schedule/RNG state.
     """
     set_seed(recipe.training.seed)
     resolved = resolve_model(recipe.model, recipe.data.template, thinking=recipe.data.thinking)  # before tokenizing
@@ -64,7 +66,7 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False) -> 
     # The arguments come first: under torchrun they start the process group the folder's name is shared over,
     # and ZeRO-3 and FSDP load the model sharded only when they exist.
     args = run_arguments(recipe, Path(recipe.training.output_dir or "runs"), resolved.attention)
-    folder = open_run_folder(recipe, resume, dry_run)
+    folder = open_run_folder(recipe, resume, dry_run, resume_weights_only)
     args.output_dir, output_dir = str(folder.path), folder.path
 
     data = build_datasets(recipe.data, resolved.tokenizer, resolved.template, recipe.model.max_length,

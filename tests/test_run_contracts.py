@@ -103,6 +103,45 @@ def test_resume_from_a_named_checkpoint_continues_in_its_run_folder(tiny_llama, 
         train(recipe(tiny_llama, alpaca_file, tmp_path / "run"), resume=str(tmp_path / "run"))
 
 
+@pytest.mark.parametrize("missing", ["optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"])
+def test_a_resume_that_cannot_be_exact_is_refused_and_weights_only_continues(
+        missing, tiny_llama, alpaca_file, tmp_path, caplog):
+    """#30: a complete-marked checkpoint without its optimizer resumed silently, the schedule restarting (step-10 lr
+    1e-3 instead of 3.0e-5). Refused, naming the file; ``--resume-weights-only`` continues and says what restarts."""
+    run = train(recipe(tiny_llama, alpaca_file, tmp_path / "run", save_strategy="steps", save_steps=2,
+                       save_total_limit=None)).output_dir
+    assert (run / "checkpoint-4" / COMPLETE).exists()  # every state file was on disk when it was marked
+    (run / "checkpoint-4" / missing).unlink()
+    longer = recipe(tiny_llama, alpaca_file, tmp_path / "run", max_steps=6, save_strategy="steps", save_steps=2,
+                    save_total_limit=None)
+    if missing == "trainer_state.json":  # the step the run reached: nothing can continue without it
+        with pytest.raises(RunFolderError, match="has no trainer_state.json .* not even from its weights alone"):
+            train(longer, resume=True, resume_weights_only=True)
+        return
+    with pytest.raises(RunFolderError, match=f"checkpoint-4 has no {missing}.*--resume-weights-only"):
+        train(longer, resume=True)
+    caplog.set_level("WARNING")
+    assert train(longer, resume=True, resume_weights_only=True).output_dir == run
+    assert f"{missing} missing, so that state starts afresh" in caplog.text
+
+
+def test_a_checkpoint_is_marked_complete_only_with_every_state_file(tmp_path):
+    from types import SimpleNamespace
+
+    from finetune.runs.checkpoints import MarkComplete
+
+    folder = tmp_path / "checkpoint-3"
+    folder.mkdir()
+    for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (folder / name).write_bytes(b"x")
+    args, state = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=3)
+    MarkComplete().on_save(args, state, None)
+    assert not (folder / COMPLETE).exists()  # trainer_state.json not written yet
+    (folder / "trainer_state.json").write_text("{}")
+    MarkComplete().on_save(args, state, None)
+    assert (folder / COMPLETE).exists()
+
+
 def test_a_second_signal_aborts_unless_it_is_the_same_one_delivered_twice(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
@@ -189,7 +228,7 @@ def test_flags_go_anywhere_on_the_command_line(argv, dry_run, resume, monkeypatc
 
     seen = {}
 
-    def fake_train(recipe, dry_run=False, resume=False):
+    def fake_train(recipe, dry_run=False, resume=False, **_):
         seen.update(recipe=recipe, dry_run=dry_run, resume=resume)
         return finetune.train.RunResult(None)
 

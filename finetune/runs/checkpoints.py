@@ -18,7 +18,8 @@ from transformers import TrainerCallback
 
 from ..errors import CorruptFileError, check_safetensors_in
 
-__all__ = ["GracefulStop", "MarkComplete", "latest_checkpoint", "latest_run_dir", "write_best", "COMPLETE"]
+__all__ = ["GracefulStop", "MarkComplete", "latest_checkpoint", "latest_run_dir", "missing_state", "write_best",
+           "COMPLETE"]
 
 logger = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
@@ -78,13 +79,34 @@ def _on_any_rank(flag: bool) -> bool:
     return bool(value.item())
 
 
+def missing_state(folder: Path) -> list[str]:
+    """The files an exact resume needs that ``folder`` lacks: the optimizer's moments, the learning-rate schedule,
+    the RNG states and the trainer's step counter (DeepSpeed keeps the first two in ``global_step*/``, FSDP its
+    optimizer in ``optimizer_0/``)."""
+    engine = any(folder.glob("global_step*"))
+    needed = {
+        "optimizer.pt": engine or any((folder / name).exists()
+                                      for name in ("optimizer.pt", "optimizer.bin", "optimizer_0")),
+        "scheduler.pt": engine or (folder / "scheduler.pt").exists(),
+        "rng_state.pth": any(folder.glob("rng_state*.pth")),
+        "trainer_state.json": (folder / "trainer_state.json").exists(),
+    }
+    return [name for name, present in needed.items() if not present]
+
+
 class MarkComplete(TrainerCallback):
-    """Mark a checkpoint folder complete once everything in it was written."""
+    """Mark a checkpoint folder complete once everything in it was written: the weights and every file an exact
+    resume needs (a checkpoint without them is left unmarked, so ``--resume`` passes over it)."""
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
-            (folder / COMPLETE).write_text(f"step {state.global_step}\n")
+        if not folder.is_dir():
+            return
+        missing = missing_state(folder)
+        if missing:
+            logger.warning("%s lacks %s: not marked complete, a resume will not use it.", folder, ", ".join(missing))
+            return
+        (folder / COMPLETE).write_text(f"step {state.global_step}\n")
 
 
 def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Optional
 from ..errors import CorruptFileError, RunFolderError, UserError, check_safetensors_in
 from ..paths import cache_dir
 from ..recipe import Recipe, recipe_to_dict
-from .checkpoints import COMPLETE, latest_checkpoint, latest_run_dir
+from .checkpoints import COMPLETE, latest_checkpoint, latest_run_dir, missing_state
 
 __all__ = ["RunFolder", "open_run_folder", "check_free_space", "expected_bytes", "save_or_rescue", "write_run_files"]
 
@@ -43,23 +43,27 @@ class RunFolder:
     and what changed), so it never claims settings the run did not use."""
 
 
-def open_run_folder(recipe: Recipe, resume: bool | str = False, dry_run: bool = False) -> RunFolder:
+def open_run_folder(recipe: Recipe, resume: bool | str = False, dry_run: bool = False,
+                    weights_only: bool = False) -> RunFolder:
     """The run's folder, created and probed for writing (for a dry run: only checked, nothing is created).
 
     Args:
         resume: ``False``, ``True`` (the latest complete checkpoint of ``training.output_dir`` or of the newest
             ``runs/<name>-*``) or a checkpoint folder.
+        weights_only: resume from a checkpoint that lacks the optimizer, schedule, RNG or step state, accepting
+            that what is missing starts afresh (``--resume-weights-only``).
 
     Raises:
         RunFolderError: the folder already holds another run, cannot be written, or has nothing to resume (or the
             recipe changed in a way a resume cannot follow).
     """
-    return _decided_by_rank_0(lambda: _open(recipe, resume, dry_run))
+    return _decided_by_rank_0(lambda: _open(recipe, resume, dry_run, weights_only))
 
 
-def _open(recipe: Recipe, resume: bool | str, dry_run: bool) -> RunFolder:
+def _open(recipe: Recipe, resume: bool | str, dry_run: bool, weights_only: bool = False) -> RunFolder:
     if resume:
         path, checkpoint = _checkpoint(recipe, resume)
+        _check_state(checkpoint, weights_only)
         return RunFolder(path, checkpoint, _resumed_record(recipe, checkpoint))
     output_dir = recipe.training.output_dir
     if output_dir:
@@ -138,6 +142,24 @@ def _checkpoint(recipe: Recipe, resume: bool | str) -> tuple[Path, Path]:
                              "training.save_strategy=steps to write checkpoints, or start a fresh run.")
     logger.info("Resuming from %s", checkpoint)
     return run_dir, checkpoint
+
+
+def _check_state(checkpoint: Path, weights_only: bool) -> None:
+    """A resume that cannot be exact says so: without the optimizer's moments or the schedule, the Trainer would
+    silently restart them (measured: the learning rate at step 10 jumped from 3.0e-5 back to 1e-3)."""
+    missing = missing_state(checkpoint)
+    if not missing:
+        return
+    if "trainer_state.json" in missing:  # it holds the step the run is at: the Trainer cannot resume without it
+        raise RunFolderError(f"--resume: {checkpoint} has no trainer_state.json (the step the run reached), so it "
+                             "cannot be resumed, not even from its weights alone; resume from an earlier checkpoint "
+                             "or start a fresh run.")
+    if not weights_only:
+        raise RunFolderError(f"--resume: {checkpoint} has no {', '.join(missing)}, so the run cannot continue "
+                             "exactly (the optimizer, learning-rate schedule or random state would restart). To "
+                             "continue from its weights alone, use --resume-weights-only.")
+    logger.warning("Resuming from the weights of %s alone: %s missing, so that state starts afresh.", checkpoint,
+                   ", ".join(missing))
 
 
 def _resumed_record(recipe: Recipe, checkpoint: Path) -> dict:
