@@ -78,7 +78,12 @@ def _parse(key: str, raw: str, annotation: Any) -> Any:
                 errors.append(str(err))
         raise RecipeError(errors[-1] if errors else f"{key}={raw!r}: set its fields ({key}.<field>=...) or none.")
     if origin in (tuple, list):
-        items = tuple(part.strip() for part in raw.split(",") if part.strip())
+        # a,b or [a,b] (the form Python and YAML write), items optionally quoted: never a module named '[a'.
+        text = raw.strip()
+        if text.startswith("[") != text.endswith("]"):
+            raise RecipeError(f"{key}={raw!r}: unbalanced brackets; write a,b or [a,b].")
+        text = text[1:-1] if text.startswith("[") else text
+        items = tuple(part.strip().strip("'\"") for part in text.split(",") if part.strip().strip("'\""))
         return items if origin is tuple else list(items)
     if annotation is bool:
         if raw.lower() in ("true", "1", "yes"):

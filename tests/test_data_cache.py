@@ -101,6 +101,15 @@ def test_default_num_proc_uses_the_available_cores_capped():
     assert 1 <= pipeline.default_num_proc() <= min(len(os.sched_getaffinity(0)), pipeline.MAX_AUTO_PROC)
 
 
+def test_more_workers_than_cores_are_capped_and_the_log_says_so(caplog):
+    """#30: data.num_proc=999 forked 999 workers (6 GiB) without a word."""
+    cores = len(os.sched_getaffinity(0))
+    caplog.set_level("WARNING")
+    assert pipeline.num_proc_for(999) == cores
+    assert f"data.num_proc=999 is more than the {cores} cores" in caplog.text
+    assert pipeline.num_proc_for(1) == 1 and pipeline.num_proc_for(0) == pipeline.default_num_proc()
+
+
 def test_prompts_that_fill_max_length_are_counted_cold_and_warm(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", RECORDS[:30] + [{"instruction": "word " * 100, "output": "O"}])
     cold, warm = build(tokenizer, path), build(tokenizer, path)

@@ -23,6 +23,14 @@ def test_every_recipe_loads_and_validates(path):
     assert "python -m finetune.run" in path.read_text().split("\n\n")[0]
 
 
+@pytest.mark.parametrize("value", ["[q_proj,v_proj]", "q_proj,v_proj", '["q_proj", "v_proj"]', "[ q_proj , v_proj ]"])
+def test_lists_are_parsed_in_the_forms_people_write_them(value):
+    """#30: ``[q_proj,v_proj]`` became the modules '[q_proj' and 'v_proj]'."""
+    assert apply_overrides(BASE, [f"method.target_modules={value}"]).method.target_modules == ("q_proj", "v_proj")
+    with pytest.raises(RecipeError, match="unbalanced brackets"):
+        apply_overrides(BASE, ["method.target_modules=[q_proj,v_proj"])
+
+
 def test_overrides_are_typed():
     recipe = apply_overrides(BASE, ["training.learning_rate=1e-4", "method.r=4",
                                     "training.activation_checkpointing=true",

@@ -24,7 +24,7 @@ from ..paths import cache_dir
 from ..recipe import DataSpec
 from .errors import DataError
 from .formats import RecordConverter
-from .pipeline import ChunkEncoder, default_num_proc, write_tokenized
+from .pipeline import ChunkEncoder, num_proc_for, write_tokenized
 from .sources import Source, open_source
 from .tokenize import ENCODER_VERSION, Encoder
 
@@ -75,7 +75,7 @@ def _tokenized(spec: DataSpec, location: str, encoder: Encoder, skipped: Counter
     cache_file, info_file = cache_dir("data") / f"{key}.arrow", cache_dir("data") / f"{key}.json"
     hit = cache_file.exists() and info_file.exists()
     if not hit:
-        num_proc = spec.num_proc or default_num_proc()
+        num_proc = num_proc_for(spec.num_proc)
         started = time.perf_counter()
         encode = ChunkEncoder(source.name, converter, encoder)
         rows, unsupervised, read_skipped = write_tokenized(source, encode, cache_file, num_proc)

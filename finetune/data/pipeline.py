@@ -10,6 +10,7 @@ grows with the data; hence this small pool. The result is the same batches in th
 from __future__ import annotations
 
 import gc
+import logging
 import multiprocessing
 import os
 from collections import Counter, deque
@@ -25,7 +26,9 @@ from .formats import RecordConverter
 from .sources import Chunk, Source
 from .tokenize import Encoder
 
-__all__ = ["CHUNK_ROWS", "SCHEMA", "default_num_proc", "write_tokenized"]
+__all__ = ["CHUNK_ROWS", "SCHEMA", "default_num_proc", "num_proc_for", "write_tokenized"]
+
+logger = logging.getLogger(__name__)
 
 CHUNK_ROWS = 1000
 """Records per chunk: large enough that a chunk's pickling is noise next to its tokenization (~0.2 s)."""
@@ -52,11 +55,27 @@ SCHEMA = pa.schema([
 
 def default_num_proc() -> int:
     """The cores this process may use, at most ``MAX_AUTO_PROC``."""
+    return max(1, min(_cores(), MAX_AUTO_PROC))
+
+
+def num_proc_for(requested: int) -> int:
+    """``data.num_proc``: 0 is :func:`default_num_proc`; more workers than cores only compete for them (999 forked
+    999 workers and took 6 GiB here), so a request above the cores is capped, and the log says so."""
+    if not requested:
+        return default_num_proc()
+    cores = _cores()
+    if requested > cores:
+        logger.warning("data.num_proc=%d is more than the %d cores this process may use: using %d.", requested,
+                       cores, cores)
+        return cores
+    return requested
+
+
+def _cores() -> int:
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_AUTO_PROC))
+        return os.cpu_count() or 1
 
 
 class ChunkEncoder:
