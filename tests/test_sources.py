@@ -38,6 +38,16 @@ def test_compressed_json_files(tmp_path, expected):
         assert pairs(read_examples(tmp_path / name, "alpaca").conversations) == expected, name
 
 
+def test_a_cut_short_gzip_file_is_named_with_the_last_line_read(tmp_path):
+    """#30: a truncated .jsonl.gz ended in gzip's bare EOFError, naming no file."""
+    body = "".join(json.dumps({"instruction": f"q{i}", "output": "a" * 40}) + "\n" for i in range(3000)).encode()
+    packed = gzip.compress(body)
+    (tmp_path / "cut.jsonl.gz").write_bytes(packed[:len(packed) // 2])
+    with pytest.raises(DataError, match=r"cut.jsonl.gz: the compressed file is cut short or damaged after line \d+ "
+                                        r"\(EOFError.*copy it again"):
+        read_examples(tmp_path / "cut.jsonl.gz", "alpaca")
+
+
 def test_parquet_csv_and_save_to_disk_folders(tmp_path, expected):
     table = pa.Table.from_pylist(RECORDS)
     pq.write_table(table, tmp_path / "d.parquet", row_group_size=4)
@@ -115,7 +125,7 @@ def test_prompt_completion_plain_and_conversational(tokenizer, tmp_path):
     ([{"instruction": "I", "output": "O"}, {"instruction": "I", "output": None}], "alpaca",
      r"d.parquet row 1: field 'output' is missing"),
     ([{"messages": [{"role": "user", "content": "Q"}, {"role": "robot", "content": "A"}]}], "messages",
-     r"d.parquet row 0: field 'messages'\[1\].role must be system, user or assistant"),
+     r"d.parquet row 0: field 'messages'\[1\].role must be system, user, assistant or tool"),
 ])
 def test_bad_tables_name_row_and_column(tmp_path, rows, fmt, message):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")

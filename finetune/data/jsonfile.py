@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
@@ -47,7 +48,7 @@ def json_chunks(path: str | Path, size: int) -> Iterator[tuple[str, list[int], l
     with open_binary(path) as handle:
         numbers: list[int] = []
         raws: list[bytes] = []
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in _damage_named(path, enumerate(handle, start=1)):
             if number == 1:
                 raw = raw.removeprefix(BOM)
                 if raw.lstrip().startswith(b"["):
@@ -62,6 +63,23 @@ def json_chunks(path: str | Path, size: int) -> Iterator[tuple[str, list[int], l
                 numbers, raws = [], []
         if raws:
             yield "line", numbers, raws
+
+
+def _damage_named(path, lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    """The lines of a compressed file, a cut-short or damaged one named with the last line read (gzip raises a bare
+    ``EOFError``, zstandard its own error: neither says which file)."""
+    number = 0
+    try:
+        for number, raw in lines:
+            yield number, raw
+    except (EOFError, OSError, zlib.error) as err:
+        raise DataError(f"{path}: the compressed file is cut short or damaged after line {number} "
+                        f"({type(err).__name__}: {err or 'unexpected end of data'}); copy it again.") from None
+    except Exception as err:  # zstandard.ZstdError, without importing zstandard for plain files
+        if type(err).__module__.startswith("zstandard"):
+            raise DataError(f"{path}: the compressed file is damaged after line {number} ({err}); copy it "
+                            "again.") from None
+        raise
 
 
 def _array_chunks(path, data: bytes, size: int) -> Iterator[tuple[str, list[int], list]]:
