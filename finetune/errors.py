@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -80,9 +81,9 @@ def guarded(body: Callable[[], int], verbose: bool = False) -> int:
     try:
         return body()
     except (UserError, OSError) as err:
-        if verbose:
-            raise
         _close_progress_bars()
+        if verbose:  # the traceback for a bug report, and the same exit status as without it
+            traceback.print_exc()
         print(f"error: {_describe(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
 

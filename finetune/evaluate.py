@@ -161,6 +161,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:  # [:-1] would silently evaluate all but the last example
+        raise UsageError(f"--limit {args.limit}: give the number of examples to evaluate (1 or more).")
     sampling = {"do_sample": True, "top_p": args.top_p, "temperature": args.temperature} if args.do_sample else {}
     verbalizer = _read_verbalizer(args.verbalizer) if args.verbalizer else None
     report = evaluate_run(args.run_dir, args.data, args.baseline, fmt=args.fmt, max_new_tokens=args.max_new_tokens,

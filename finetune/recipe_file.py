@@ -24,6 +24,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             named ``recipe``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"{path} is a folder; give a recipe file in it, e.g. {path / 'smollm2_lora.py'} (a run "
+                          "folder is resumed with --resume, checked with finetune.check).")
     if not path.is_file():
         raise RecipeError(f"Recipe file {path} not found; recipes live in recipes/, e.g. recipes/smollm2_lora.py")
     try:

@@ -320,6 +320,26 @@ def test_a_folder_that_is_not_a_run(main, extra, tmp_path, capsys):
     one_clean_line(main, [tmp_path, *extra], capsys, "not a finetune run folder")
 
 
+@pytest.mark.parametrize("main, extra", [(evaluate.main, []), (chat.main, ["--prompt", "hi"]),
+                                         (merge.main, ["merged"])], ids=["evaluate", "chat", "merge"])
+def test_a_run_missing_its_adapter_config_names_the_file(main, extra, trained_run, tmp_path, capsys):
+    """#30: peft's bare ValueError about the config."""
+    copy = shutil.copytree(trained_run, tmp_path / "partial")
+    (copy / "adapter_config.json").unlink()
+    one_clean_line(main, [copy, *extra], capsys, "has no adapter_config.json", "copy the run folder again")
+
+
+@pytest.mark.parametrize("limit", ["-1", "0"])
+def test_evaluate_with_a_limit_below_one_is_refused(limit, trained_run, capsys):
+    """#30: --limit -1 evaluated 39 of 40 examples ([:-1])."""
+    one_clean_line(evaluate.main, [trained_run, "--limit", limit], capsys, f"--limit {limit}", "1 or more")
+
+
+def test_a_recipe_path_that_is_a_folder_says_so(tmp_path, capsys):
+    """#30: a folder was reported as "not found"."""
+    one_clean_line(run.main, [tmp_path], capsys, "is a folder; give a recipe file in it")
+
+
 def test_evaluate_with_a_verbalizer_that_is_not_json(trained_run, tmp_path, capsys):
     bad = tmp_path / "v.json"
     bad.write_text("label: word")
@@ -343,7 +363,8 @@ def test_the_real_command_line_prints_one_line_and_verbose_the_traceback(cli):
     assert [line for line in quiet.stderr.splitlines() if line.startswith("error:")] == [
         line for line in quiet.stderr.splitlines() if line.strip()], quiet.stderr
     loud = subprocess.run([*argv, "--verbose"], capture_output=True, text=True, env=env, cwd=cli.tmp)
-    assert loud.returncode != 0 and "Traceback" in loud.stderr and "ModelNotFoundError" in loud.stderr
+    # The traceback for a bug report, and the same exit status (#30: it was 1 with --verbose, 2 without).
+    assert loud.returncode == 2 and "Traceback" in loud.stderr and "ModelNotFoundError" in loud.stderr
 
 
 # --- run folders ---------------------------------------------------------------------------------------------------

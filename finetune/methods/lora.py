@@ -4,8 +4,11 @@ QLoRA is this same method over a base loaded in 4 bits (``model.quantization``),
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
+from ..errors import CorruptFileError
 from ..recipe import LoraSpec
 from .fused_lora import fuse_lora_layers
 from .method import Method
@@ -34,6 +37,11 @@ def apply_lora(model, spec, family):
 
 
 def _load_adapter(model, run_dir):
+    missing = [name for name in ("adapter_config.json", "adapter_model.safetensors")
+               if not (Path(run_dir) / name).exists()]
+    if missing:  # peft would raise a bare ValueError about the config
+        raise CorruptFileError(f"{run_dir} has no {' or '.join(missing)}: the adapter was not (completely) saved "
+                               "or copied; copy the run folder again, or point at one of its checkpoint-N folders.")
     return PeftModel.from_pretrained(model, run_dir)
 
 
