@@ -67,65 +67,68 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
     # and ZeRO-3 and FSDP load the model sharded only when they exist.
     args = run_arguments(recipe, Path(recipe.training.output_dir or "runs"), resolved.attention)
     folder = open_run_folder(recipe, resume, dry_run, resume_weights_only)
-    args.output_dir, output_dir = str(folder.path), folder.path
+    try:
+        args.output_dir, output_dir = str(folder.path), folder.path
 
-    data = build_datasets(recipe.data, resolved.tokenizer, resolved.template, recipe.model.max_length,
-                          recipe.training.seed)
-    audit = LabelAudit.of(data.train, resolved.tokenizer, data.skipped)
-    logger.info("%s\n  tokenized in %.1fs%s", audit.format("train"), data.tokenize_seconds,
-                " (cache hit)" if data.cache_hit else "")
-    logger.info("Example 0 (supervised tokens in [[ ]], the rest has label -100):\n%s",
-                show_example(data.train[0]["input_ids"], data.train[0]["labels"], resolved.tokenizer))
-    if data.eval is not None:
-        logger.info("Eval split: %d examples", len(data.eval))
+        data = build_datasets(recipe.data, resolved.tokenizer, resolved.template, recipe.model.max_length,
+                              recipe.training.seed)
+        audit = LabelAudit.of(data.train, resolved.tokenizer, data.skipped)
+        logger.info("%s\n  tokenized in %.1fs%s", audit.format("train"), data.tokenize_seconds,
+                    " (cache hit)" if data.cache_hit else "")
+        logger.info("Example 0 (supervised tokens in [[ ]], the rest has label -100):\n%s",
+                    show_example(data.train[0]["input_ids"], data.train[0]["labels"], resolved.tokenizer))
+        if data.eval is not None:
+            logger.info("Eval split: %d examples", len(data.eval))
 
-    if dry_run:
-        sample = data.train.select(range(min(5, len(data.train))))
-        check = check_conversations(resolved.tokenizer, resolved.template,
-                                    [plain_messages(m) for m in sample["messages"]], sample["tools"],
-                                    recipe.data.thinking, recipe.data.system)
-        (logger.info if check.ok else logger.warning)("Template check (python -m finetune.check template): %s",
-                                                      check.format())
-        trainable, total = count_parameters(skeleton(resolved.path, resolved.family, recipe.model, recipe.method))
-        logger.info("Dry run: %d train examples, %d tokens; trainable parameters %s of %s (%.3f%%); the run "
-                    "would write to %s", audit.examples, audit.tokens, f"{trainable:,}", f"{total:,}",
-                    100 * trainable / total, output_dir)
-        return RunResult(None)
+        if dry_run:
+            sample = data.train.select(range(min(5, len(data.train))))
+            check = check_conversations(resolved.tokenizer, resolved.template,
+                                        [plain_messages(m) for m in sample["messages"]], sample["tools"],
+                                        recipe.data.thinking, recipe.data.system)
+            (logger.info if check.ok else logger.warning)("Template check (python -m finetune.check template): %s",
+                                                          check.format())
+            trainable, total = count_parameters(skeleton(resolved.path, resolved.family, recipe.model, recipe.method))
+            logger.info("Dry run: %d train examples, %d tokens; trainable parameters %s of %s (%.3f%%); the run "
+                        "would write to %s", audit.examples, audit.tokens, f"{trainable:,}", f"{total:,}",
+                        100 * trainable / total, output_dir)
+            return RunResult(None)
 
-    method = get_method(recipe.method.name)
-    model = method_model(resolved.path, resolved.family, recipe.model, recipe.method)
-    trainable, total = count_parameters(model)
-    logger.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    check_free_space(output_dir, expected_bytes(model, args, whole_model=method.weights_in_run))
-    stop, tracking = GracefulStop(), tracking_callbacks(recipe, audit, output_dir)
-    trainer = build_trainer(recipe, resolved, model, data, args, [stop, MarkComplete(), *tracking], folder.record)
-    if trainer.is_world_process_zero():  # every file of the run folder is written by one process
-        (output_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2))
-    held_out = None
-    if data.eval is not None:
-        held_out = BeforeAfter(trainer, data.eval, recipe.eval, method.untrained)
-        held_out.measure_before()
+        method = get_method(recipe.method.name)
+        model = method_model(resolved.path, resolved.family, recipe.model, recipe.method)
+        trainable, total = count_parameters(model)
+        logger.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        check_free_space(output_dir, expected_bytes(model, args, whole_model=method.weights_in_run))
+        stop, tracking = GracefulStop(), tracking_callbacks(recipe, audit, output_dir)
+        trainer = build_trainer(recipe, resolved, model, data, args, [stop, MarkComplete(), *tracking], folder.record)
+        if trainer.is_world_process_zero():  # every file of the run folder is written by one process
+            (output_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2))
+        held_out = None
+        if data.eval is not None:
+            held_out = BeforeAfter(trainer, data.eval, recipe.eval, method.untrained)
+            held_out.measure_before()
 
-    trainer.train(resume_from_checkpoint=str(folder.checkpoint) if folder.checkpoint else None)
-    if stop.received:
-        _finish(trainer, tracking, output_dir)
-        logger.warning("Stopped by %s at step %d; checkpoint saved in %s. Resume with:\n  python -m finetune.run "
-                       "RECIPE training.output_dir=%s --resume", stop.received, trainer.state.global_step,
-                       output_dir, output_dir)
-        return RunResult(output_dir, interrupted=True)
-    trainer.divergence.finish(trainer.state.global_step)  # a run too short for the guard's patience
-    save_or_rescue(trainer.save_model, output_dir)
-    write_best(trainer, output_dir)
-    result = RunResult(output_dir)
-    if held_out is not None:
-        compared = held_out.measure_after(output_dir)
-        result.eval_loss_before, result.eval_loss_after = compared["eval_loss_before"], compared["eval_loss_after"]
-        result.samples = compared["samples"]
-    # Without accelerate's mixed-precision forward wrapper: the model as a user would load it from the run folder.
-    result.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    _finish(trainer, tracking, output_dir)  # last, so the after-training eval reaches the trackers
-    logger.info("Saved to %s (report: %s)", output_dir, output_dir / "report.html")
-    return result
+        trainer.train(resume_from_checkpoint=str(folder.checkpoint) if folder.checkpoint else None)
+        if stop.received:
+            _finish(trainer, tracking, output_dir)
+            logger.warning("Stopped by %s at step %d; checkpoint saved in %s. Resume with:\n  python -m finetune.run "
+                           "RECIPE training.output_dir=%s --resume", stop.received, trainer.state.global_step,
+                           output_dir, output_dir)
+            return RunResult(output_dir, interrupted=True)
+        trainer.divergence.finish(trainer.state.global_step)  # a run too short for the guard's patience
+        save_or_rescue(trainer.save_model, output_dir)
+        write_best(trainer, output_dir)
+        result = RunResult(output_dir)
+        if held_out is not None:
+            compared = held_out.measure_after(output_dir)
+            result.eval_loss_before, result.eval_loss_after = compared["eval_loss_before"], compared["eval_loss_after"]
+            result.samples = compared["samples"]
+        # Without accelerate's mixed-precision forward wrapper: the model as a user would load it from the run folder.
+        result.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+        _finish(trainer, tracking, output_dir)  # last, so the after-training eval reaches the trackers
+        logger.info("Saved to %s (report: %s)", output_dir, output_dir / "report.html")
+        return result
+    finally:
+        folder.release()  # the run is over, whichever way it ended
 
 
 def _finish(trainer, tracking: list, output_dir: Path) -> None:

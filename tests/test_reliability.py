@@ -386,6 +386,58 @@ def test_two_runs_started_in_the_same_second_get_two_folders(cli, monkeypatch):
     assert latest_run_dir("cli") == second
 
 
+_RACE = """
+import json, sys, time
+from finetune.errors import RunFolderError
+from finetune.recipe_file import load_recipe
+from finetune.runs.folder import open_run_folder
+
+recipe_file, root, start, rounds = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+won = []
+for i in range(rounds):
+    while time.time() < start + 0.25 * i:  # both processes go at the same instant, round after round
+        pass
+    try:
+        open_run_folder(load_recipe(recipe_file, [f"training.output_dir={root}/run-{i}"]))
+        won.append(i)
+    except RunFolderError as err:
+        assert "in use by another run" in str(err) or "already holds files" in str(err), err
+print(json.dumps(won))
+while time.time() < start + 0.25 * rounds + 5:  # both still running: a claim is released only when its run ends
+    time.sleep(0.05)
+"""
+
+
+def test_two_runs_started_together_in_one_output_dir_one_is_refused_every_time(cli, tmp_path):
+    """#30: the emptiness check and mkdir(exist_ok=True) were two steps; both runs passed and shared the folder.
+    Two processes claim 20 folders at the same instants: each folder has exactly one owner."""
+    import json
+    import time
+
+    start, rounds = time.time() + 12, 20  # after both have imported torch
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    racers = [subprocess.Popen([sys.executable, "-c", _RACE, str(cli.recipe), str(tmp_path / "race"), str(start),
+                                str(rounds)], stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    won = [json.loads(racer.communicate(timeout=300)[0].strip().splitlines()[-1]) for racer in racers]
+    # Each folder was claimed once: every round has one winner, and the other was refused at the same instant.
+    assert sorted(won[0] + won[1]) == list(range(rounds)), won
+    assert not list((tmp_path / "race").glob("run-*/.finetune-claim"))  # released when the processes ended
+
+
+def test_a_claim_left_by_a_killed_run_is_taken_over(cli, tmp_path):
+    from finetune.recipe_file import load_recipe
+    from finetune.runs.folder import CLAIM, open_run_folder
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = tmp_path / "stale"
+    folder.mkdir()
+    (folder / CLAIM).write_text(dead.stdout)
+    run_folder = open_run_folder(load_recipe(cli.recipe, [f"training.output_dir={folder}"]))
+    assert (folder / CLAIM).read_text().strip() == str(os.getpid())
+    run_folder.release()
+    assert not (folder / CLAIM).exists()
+
+
 def test_a_complete_checkpoint_with_damaged_weights_is_skipped_on_resume(trained_run, tmp_path):
     from finetune.runs.checkpoints import COMPLETE, latest_checkpoint
 

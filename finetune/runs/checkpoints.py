@@ -19,10 +19,15 @@ from transformers import TrainerCallback
 from ..errors import CorruptFileError, check_safetensors_in
 
 __all__ = ["GracefulStop", "MarkComplete", "latest_checkpoint", "latest_run_dir", "missing_state", "write_best",
-           "COMPLETE"]
+           "CLAIM", "COMPLETE"]
 
 logger = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
+CLAIM = ".finetune-claim"
+"""Created exclusively (``O_EXCL``) inside a run folder by the process that trains there, holding its pid, for the
+run's life: checking that a folder is empty and then using it are two steps, and two runs started together with the
+same ``training.output_dir`` both passed the check (their ``logs.jsonl`` interleaved). A claim whose process is gone
+(killed) is taken over (``runs/folder.py``)."""
 
 
 class GracefulStop(TrainerCallback):
@@ -132,7 +137,7 @@ def latest_run_dir(name: str, root: str | Path = "runs") -> Optional[Path]:
     Empty folders are passed over: a run that stopped on bad data leaves its claimed folder empty."""
     pattern = re.compile(re.escape(name) + r"-(\d{8}-\d{6})(?:-(\d+))?")
     runs = [(match.group(1), int(match.group(2) or 1), p) for p in Path(root).glob(f"{name}-*")
-            if (match := pattern.fullmatch(p.name)) and any(p.iterdir())]
+            if (match := pattern.fullmatch(p.name)) and any(f.name != CLAIM for f in p.iterdir())]
     return max(runs)[2] if runs else None
 
 

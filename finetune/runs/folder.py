@@ -6,6 +6,7 @@ otherwise read the clock, or see the folder the first one just made, differently
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -20,9 +21,10 @@ from typing import Any, Callable, Mapping, Optional
 from ..errors import CorruptFileError, RunFolderError, UserError, check_safetensors_in
 from ..paths import cache_dir
 from ..recipe import Recipe, recipe_to_dict
-from .checkpoints import COMPLETE, latest_checkpoint, latest_run_dir, missing_state
+from .checkpoints import CLAIM, COMPLETE, latest_checkpoint, latest_run_dir, missing_state
 
-__all__ = ["RunFolder", "open_run_folder", "check_free_space", "expected_bytes", "save_or_rescue", "write_run_files"]
+__all__ = ["CLAIM", "RunFolder", "open_run_folder", "check_free_space", "expected_bytes", "save_or_rescue",
+           "write_run_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,14 @@ class RunFolder:
     record: dict
     """What ``recipe.json`` says: the recipe the run started with, plus a ``resumed`` entry per resume (the step
     and what changed), so it never claims settings the run did not use."""
+    claimed: bool = False
+    """Whether this process holds the folder's claim (:data:`CLAIM`), released when the run ends."""
+
+    def release(self) -> None:
+        """Give the folder up: the run is over (its files say what it left)."""
+        if self.claimed:
+            _release(self.path)
+            self.claimed = False
 
 
 def open_run_folder(recipe: Recipe, resume: bool | str = False, dry_run: bool = False,
@@ -64,24 +74,87 @@ def _open(recipe: Recipe, resume: bool | str, dry_run: bool, weights_only: bool 
     if resume:
         path, checkpoint = _checkpoint(recipe, resume)
         _check_state(checkpoint, weights_only)
-        return RunFolder(path, checkpoint, _resumed_record(recipe, checkpoint))
+        record = _resumed_record(recipe, checkpoint)
+        if not dry_run:
+            _claim(path)
+        return RunFolder(path, checkpoint, record, claimed=not dry_run)
     output_dir = recipe.training.output_dir
     if output_dir:
         path = Path(output_dir)
         if path.exists() and not path.is_dir():
             raise RunFolderError(f"training.output_dir={output_dir} is a file, not a folder; choose another path.")
-        taken = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-        if taken:
-            raise RunFolderError(
-                f"training.output_dir={output_dir} already holds files ({', '.join(taken[:4])}"
-                f"{', ...' if len(taken) > 4 else ''}). Continue that run with --resume, or choose an empty or new "
-                "folder (leave training.output_dir empty for a new runs/<name>-<time>).")
+        _refuse_taken(path)
     else:
         path = Path("runs") / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if dry_run:
         _probe(_nearest_existing(path))
         return RunFolder(path, None, recipe_to_dict(recipe))
-    return RunFolder(_create(path, unique=not output_dir), None, recipe_to_dict(recipe))
+    path = _create(path, unique=not output_dir)
+    _claim(path)
+    try:
+        _refuse_taken(path)  # again, now that the folder is ours: another run may have written into it meanwhile
+    except RunFolderError:
+        _release(path)
+        raise
+    return RunFolder(path, None, recipe_to_dict(recipe), claimed=True)
+
+
+def _refuse_taken(path: Path) -> None:
+    taken = sorted(p.name for p in path.iterdir() if p.name != CLAIM) if path.is_dir() else []
+    if taken:
+        raise RunFolderError(
+            f"training.output_dir={path} already holds files ({', '.join(taken[:4])}"
+            f"{', ...' if len(taken) > 4 else ''}). Continue that run with --resume, or choose an empty or new "
+            "folder (leave training.output_dir empty for a new runs/<name>-<time>).")
+
+
+def _claim(path: Path) -> None:
+    """Take the folder's :data:`CLAIM`, or refuse when a live process holds it."""
+    marker = path / CLAIM
+    while True:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(marker)
+            for _ in range(40):  # created an instant ago, its pid not written yet: wait for it (up to 2 s)
+                if holder is not None:
+                    break
+                time.sleep(0.05)
+                holder = _holder(marker)
+            if holder is not None and holder != os.getpid() and _alive(holder):
+                raise RunFolderError(f"{path} is in use by another run (process {holder}, training there now); "
+                                     "wait for it to end, or choose another training.output_dir.") from None
+            with contextlib.suppress(FileNotFoundError):  # ours already, or its process is gone: take it over
+                marker.unlink()
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+        atexit.register(_release, path)
+        return
+
+
+def _release(path: Path) -> None:
+    marker = path / CLAIM
+    if _holder(marker) == os.getpid():
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+
+
+def _holder(marker: Path) -> Optional[int]:
+    try:
+        return int(marker.read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # gone, or being written this instant
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _create(path: Path, unique: bool) -> Path:
