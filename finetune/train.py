@@ -97,7 +97,8 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
         model = method_model(resolved.path, resolved.family, recipe.model, recipe.method)
         trainable, total = count_parameters(model)
         logger.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-        check_free_space(output_dir, expected_bytes(model, args, whole_model=method.weights_in_run))
+        needed = expected_bytes(model, args, whole_model=method.weights_in_run, tokenizer_dir=resolved.path)
+        check_free_space(output_dir, needed)
         stop, tracking = GracefulStop(), tracking_callbacks(recipe, audit, output_dir)
         trainer = build_trainer(recipe, resolved, model, data, args, [stop, MarkComplete(), *tracking], folder.record)
         if trainer.is_world_process_zero():  # every file of the run folder is written by one process

@@ -242,14 +242,33 @@ def test_not_enough_free_space_stops_before_training(cli, capsys, monkeypatch):
     assert not (cli.out / "logs.jsonl").exists()  # stopped before the first step
 
 
-def test_a_failed_final_save_keeps_the_weights_and_says_where(cli, capsys, monkeypatch):
+def test_the_free_space_estimate_counts_the_tokenizer_and_report(tiny_llama):
+    """#30: the final save failed in the tokenizer's writer although the estimate had passed (it counted weights)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from finetune.runs.folder import REPORT_BYTES, expected_bytes
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    args = SimpleNamespace(save_strategy="no", save_total_limit=None)
+    without = expected_bytes(model, args, whole_model=True)
+    tokenizer = (tiny_llama / "tokenizer.json").stat().st_size + (tiny_llama / "tokenizer_config.json").stat().st_size
+    assert expected_bytes(model, args, whole_model=True, tokenizer_dir=tiny_llama) >= without + tokenizer
+    assert without == REPORT_BYTES + sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   Exception("No space left on device (os error 28)")],
+                         ids=["OSError", "the tokenizer writer's bare Exception"])
+def test_a_failed_final_save_keeps_the_weights_and_says_where(error, cli, capsys, monkeypatch):
     from finetune.training.trainers import SFTTrainer
 
     save = SFTTrainer.save_model
 
     def full_disk(self, output_dir=None, _internal_call=False):
         if Path(output_dir) == cli.out:
-            raise OSError(28, "No space left on device", str(output_dir))
+            raise error
         return save(self, output_dir, _internal_call)
 
     monkeypatch.setattr(SFTTrainer, "save_model", full_disk)

@@ -285,16 +285,26 @@ def write_run_files(output_dir: str | Path, template, recipe) -> None:
         (output_dir / "recipe.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
 
 
-def expected_bytes(model, args, whole_model: bool) -> int:
-    """What the run will write: the trained weights (the whole model for full fine-tuning), and per kept
-    checkpoint those weights plus AdamW's two moments in float32."""
+REPORT_BYTES = 4 << 20
+"""What a run writes beside its weights: logs, plots, ``report.html``, samples, the audit (a few hundred KB on the
+demo; bounded with room to spare)."""
+
+
+def expected_bytes(model, args, whole_model: bool, tokenizer_dir: Optional[Path] = None) -> int:
+    """What the run will write: the trained weights (the whole model for full fine-tuning), the tokenizer files
+    saved beside them and the report, and per kept checkpoint the weights, AdamW's two moments in float32 and the
+    tokenizer again. A save that fails late fails in whichever writer runs out of room, the tokenizer's included
+    (a 128k-token ``tokenizer.json`` is 9-17 MB), so everything is counted."""
     params = [p for p in model.parameters() if whole_model or p.requires_grad]
     weights = sum(p.numel() * p.element_size() for p in params)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tokenizer = sum(f.stat().st_size for f in Path(tokenizer_dir).glob("*") if f.is_file() and (
+        f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")))) if tokenizer_dir else 0
+    final = weights + tokenizer + REPORT_BYTES
     if args.save_strategy == "no":
-        return weights
+        return final
     kept = (args.save_total_limit or 3) + 1  # one more exists while the oldest is being rotated out
-    return weights + kept * (weights + 8 * trainable)
+    return final + kept * (weights + 8 * trainable + tokenizer)
 
 
 def check_free_space(folder: Path, needed: int) -> None:
@@ -313,23 +323,31 @@ def save_or_rescue(save: Callable[[str], None], folder: Path) -> None:
     Raises:
         RunFolderError: the final save failed (the message says where the weights went instead).
     """
+    # Whatever the save raises: the tokenizer's Rust writer reports a full disk as a bare ``Exception("No space
+    # left on device (os error 28)")``, not an OSError, and hours of training are not lost to a traceback.
     try:
         save(str(folder))
         return
-    except OSError as err:
-        failure = f"{err.filename or folder}: {err.strerror or err}"
+    except Exception as err:  # noqa: BLE001
+        failure = _save_failure(err, folder)
     tried = []
     for root in (lambda: cache_dir("rescued"), lambda: Path(tempfile.gettempdir())):
         try:  # making the cache folder can fail on the same full disk: inside the try too
             rescue = Path(tempfile.mkdtemp(prefix=f"{folder.name}-", dir=root()))
             save(str(rescue))
-        except OSError as err:
-            tried.append(f"{err.filename}: {err.strerror or err}")
+        except Exception as err:  # noqa: BLE001
+            tried.append(_save_failure(err, root()))
             continue
         raise RunFolderError(f"The trained weights could not be saved to {folder} ({failure}); they were saved to "
                              f"{rescue} instead. Free space, then move that folder's files into {folder}.")
     raise RunFolderError(f"The trained weights could not be saved to {folder} ({failure}) nor anywhere else "
                          f"({'; '.join(tried)}); checkpoints already written in {folder} are kept.")
+
+
+def _save_failure(err: BaseException, where: Path) -> str:
+    if isinstance(err, OSError):
+        return f"{err.filename or where}: {err.strerror or err}"
+    return f"{where}: {err}"
 
 
 def _decided_by_rank_0(decide: Callable[[], RunFolder]) -> RunFolder:
