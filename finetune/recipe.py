@@ -438,7 +438,8 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def suggest_names(word: str, candidates, prefix: str = "") -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.5) or [
+    candidates = list(dict.fromkeys(candidates))  # a TrainingSpec field is also a TrainingArguments one: name it once
+    close = difflib.get_close_matches(word, candidates, n=3, cutoff=0.5) or [
         c for c in candidates if word.startswith(c) or c.startswith(word)][:3]
     return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else "."
 

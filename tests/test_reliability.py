@@ -200,8 +200,22 @@ def test_an_output_folder_that_cannot_be_written_stops_before_any_compute(dry_ru
         return write_bytes(self, data)
 
     monkeypatch.setattr(Path, "write_bytes", read_only)
-    one_clean_line(run.main, [cli.recipe, *(["--dry-run"] if dry_run else [])], capsys, "Cannot write to",
-                   "Permission denied", "training.output_dir")
+    line = one_clean_line(run.main, [cli.recipe, *(["--dry-run"] if dry_run else [])], capsys, "Cannot write to",
+                          "Permission denied", "may not write there", "training.output_dir")
+    assert "Free space" not in line  # #30: a permission problem was answered with disk-space advice
+
+
+def test_a_list_on_one_side_of_prompt_completion_names_that_side(cli, capsys):
+    """#30: a list in 'completion' was blamed on 'prompt'."""
+    data = cli.text("pc.jsonl", '{"prompt": "The sky is", "completion": ["blue"]}\n')
+    one_clean_line(run.main, [cli.recipe, f"data.train={data}", "data.format=prompt_completion", "--dry-run"],
+                   capsys, "pc.jsonl:1: field 'completion' is a list of messages but 'prompt' is not")
+
+
+def test_a_misspelt_key_suggests_each_name_once(cli, capsys):
+    """#30: training.learnin_rate suggested training.learning_rate twice (a field and a TrainingArguments name)."""
+    line = one_clean_line(run.main, [cli.recipe, "training.learnin_rate=1e-4"], capsys, "training.learning_rate")
+    assert line.count("training.learning_rate") == 1
 
 
 def test_a_folder_holding_another_run_is_refused_unless_resuming(cli, capsys):

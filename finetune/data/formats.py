@@ -242,7 +242,13 @@ def _prompt_completion(where: str, record: dict) -> list[dict]:
     Only the completion trains in TRL; an assistant turn inside the prompt would train here (every answer of a
     conversation does), so it is refused rather than trained differently.
     """
-    if isinstance(record.get("prompt"), list) or isinstance(record.get("completion"), list):
+    lists = {key: isinstance(record.get(key), list) for key in ("prompt", "completion")}
+    if lists["prompt"] != lists["completion"] and all(record.get(key) is not None for key in lists):
+        as_list = next(key for key, is_list in lists.items() if is_list)
+        other = "completion" if as_list == "prompt" else "prompt"
+        raise DataError(f"{where}: field {as_list!r} is a list of messages but {other!r} is not; give both as "
+                        "strings, or both as message lists.")
+    if any(lists.values()):
         prompt, completion = _messages(where, record, "prompt"), _messages(where, record, "completion")
         if any(m["role"] == "assistant" for m in prompt):
             raise DataError(f"{where}: field 'prompt' holds an assistant turn, which would train here; use "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -186,8 +187,16 @@ def _probe(folder: Path) -> None:
     except OSError as err:
         with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
-        raise RunFolderError(f"Cannot write to {folder}: {err.strerror}. Free space there or choose another "
-                             "training.output_dir.") from None
+        raise RunFolderError(f"Cannot write to {folder}: {err.strerror}. {_advice(err)}") from None
+
+
+def _advice(err: OSError) -> str:
+    """What to do about a folder that cannot be written, by what went wrong (not "free space" for a permission)."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "Free space there or choose another training.output_dir."
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "This user may not write there (or the disk is read-only): choose another training.output_dir."
+    return "Choose another training.output_dir."
 
 
 def _nearest_existing(path: Path) -> Path:
