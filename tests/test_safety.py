@@ -2,9 +2,11 @@
 import dataclasses
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
+from finetune.errors import UserError
 from finetune.train import train
 
 
@@ -29,6 +31,21 @@ def test_pickle_weights_are_refused_unless_allowed(pickle_model, alpaca_file, tm
         train(recipe)
     allowed = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, allow_pickle=True))
     assert train(allowed).output_dir.exists()
+
+
+class Payload:
+    """Any object in a pickle: ``torch.load(weights_only=True)`` refuses it."""
+
+
+def test_a_pickle_that_weights_only_loading_refuses_is_one_clear_error(pickle_model, alpaca_file, tmp_path):
+    """#30: model.allow_pickle=true on such a file ended in a raw UnpicklingError (safe, but not one line)."""
+    state = torch.load(pickle_model / "pytorch_model.bin")
+    torch.save({**state, "extra": Payload()}, pickle_model / "pytorch_model.bin")
+    recipe = Recipe(name="t", model=ModelSpec(path=str(pickle_model), max_length=64, allow_pickle=True),
+                    data=DataSpec(train=str(alpaca_file), template="chatml"), method=LoraSpec(r=2),
+                    training=TrainingSpec(output_dir=str(tmp_path / "run"), max_steps=1), eval=EvalSpec(samples=0))
+    with pytest.raises(UserError, match="pickle .* weights hold more than tensors, which weights-only loading"):
+        train(recipe)
 
 
 @pytest.mark.parametrize("trust", [None, True])

@@ -5,6 +5,7 @@ import gc
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -115,9 +116,15 @@ def load_model(path: Path, family: Family, spec: ModelSpec, quantize: bool = Tru
     check_context_window(config, spec)
     if spec.rope_scaling:
         config.rope_parameters = rope_parameters(config, spec)
-    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype,
-                                                 use_safetensors=not spec.allow_pickle,
-                                                 trust_remote_code=spec.trust_remote_code, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype,
+                                                     use_safetensors=not spec.allow_pickle,
+                                                     trust_remote_code=spec.trust_remote_code, **kwargs)
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused what the pickle holds: safe
+        reason = str(err).strip().splitlines()[0]
+        raise ModelWeightsError(f"{path}: its pickle (.bin) weights hold more than tensors, which weights-only "
+                                f"loading refuses ({reason}); convert them to safetensors where you trust the "
+                                "file, and train from that.") from None
     if "quantization_config" not in kwargs:
         return model
     return _keep_4bit_weights_trainable(_release_checkpoint_pages(model))
