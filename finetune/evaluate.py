@@ -23,6 +23,7 @@ from .data import build_datasets, read_examples
 from .errors import UsageError, add_verbose_flag, guarded
 from .evaluation import format_table, generate, score_difference, score_predictions, verbalizer_accuracy
 from .inference import load_run
+from .paths import check_target
 
 __all__ = ["eval_conversations", "evaluate_model", "evaluate_run", "main"]
 
@@ -89,7 +90,8 @@ def evaluate_model(model, tokenizer, template, conversations: Sequence[list[dict
 def evaluate_run(run_dir: str | Path, data: Optional[str] = None, baseline: bool = False, *,
                  fmt: Optional[str] = None, max_new_tokens: Optional[int] = None, batch_size: int = 8,
                  limit: Optional[int] = None, language: str = "auto", verbalizer: Optional[Mapping[str, str]] = None,
-                 normalize: bool = False, out: Optional[str | Path] = None, **generate_kwargs) -> dict:
+                 normalize: bool = False, out: Optional[str | Path] = None, overwrite: bool = False,
+                 **generate_kwargs) -> dict:
     """Evaluate a saved run (and optionally its base model) and write ``predictions.jsonl`` and ``metrics.json``.
 
     Args:
@@ -104,12 +106,15 @@ def evaluate_run(run_dir: str | Path, data: Optional[str] = None, baseline: bool
         verbalizer: label -> word; score label data by answer likelihood instead of generating.
         normalize: length-normalise verbalizer scores.
         out: output folder (default ``RUN_DIR/eval``).
+        overwrite: write into ``out`` even when it holds files an earlier evaluation did not write.
         **generate_kwargs: passed to ``generate``, e.g. ``do_sample=True, top_p=0.7, temperature=0.95``.
 
     Returns:
         What ``metrics.json`` holds: ``{"run_dir", "data", "examples", "options", "scores"}`` plus ``"baseline"`` and
         ``"difference"`` (run minus base, numeric scores only) with ``baseline``.
     """
+    out = Path(out) if out else Path(run_dir) / "eval"
+    check_target(out, lambda path: (path / "metrics.json").exists(), overwrite, "finetune.evaluate")
     run = load_run(run_dir)
     recipe, tokenizer, template = run.recipe, run.tokenizer, run.template
     conversations = eval_conversations(recipe, tokenizer, template, data, fmt)[:limit]
@@ -129,7 +134,6 @@ def evaluate_run(run_dir: str | Path, data: Optional[str] = None, baseline: bool
             row["baseline"] = base_row["prediction"]
         report["baseline"] = base_scores
         report["difference"] = score_difference(scores, base_scores)
-    out = Path(out) if out else Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
@@ -151,6 +155,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--verbalizer", help='JSON file {"label": "word", ...}: score labels by likelihood')
     parser.add_argument("--length-normalize", action="store_true", help="mean instead of sum of log-probs")
     parser.add_argument("--out", help="output folder (default: RUN_DIR/eval)")
+    parser.add_argument("--overwrite", action="store_true", help="write into --out even when it holds other files")
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--top-p", type=float, default=0.7)
     parser.add_argument("--temperature", type=float, default=0.95)
@@ -167,7 +172,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     verbalizer = _read_verbalizer(args.verbalizer) if args.verbalizer else None
     report = evaluate_run(args.run_dir, args.data, args.baseline, fmt=args.fmt, max_new_tokens=args.max_new_tokens,
                           batch_size=args.batch_size, limit=args.limit, language=args.language,
-                          verbalizer=verbalizer, normalize=args.length_normalize, out=args.out, **sampling)
+                          verbalizer=verbalizer, normalize=args.length_normalize, out=args.out,
+                          overwrite=args.overwrite, **sampling)
     print(f"{report['examples']} examples from {report['data']}")
     print(format_table(report))
     return 0

@@ -19,6 +19,7 @@ from .errors import UsageError, add_verbose_flag, guarded
 from .inference import load_run
 from .methods import get_method
 from .models import load_model
+from .paths import check_target
 from .runs import write_run_files
 
 __all__ = ["merge_run", "main"]
@@ -28,19 +29,22 @@ logger = logging.getLogger(__name__)
 PROBE = "The quick brown fox jumps over the lazy dog. Fine-tuning changes a model's answers; merging must not."
 
 
-def merge_run(run_dir: str | Path, out: str | Path, dtype: str | None = None) -> dict:
+def merge_run(run_dir: str | Path, out: str | Path, dtype: str | None = None, overwrite: bool = False) -> dict:
     """Merge the adapter of ``run_dir`` into its base, save to ``out`` and return the error report.
 
     Args:
         dtype: merge into a base loaded in this dtype instead of the run's (the GGUF export merges in float32,
             so a bf16 run's update is not rounded to bf16 before it is written as f16 or quantised).
+        overwrite: write into ``out`` even when it holds files an earlier merge did not write.
 
     Raises:
         ValueError: when the run's method does not merge (only LoRA/DoRA/QLoRA adapters do).
+        UsageError: ``out`` holds other files and ``overwrite`` is off.
     """
     from peft import PeftModel
 
     run_dir, out = Path(run_dir), Path(out)
+    check_target(out, lambda path: (path / "merge_report.json").exists(), overwrite, "finetune.merge")
     # Exactly what was trained: the adapter over the (possibly 4-bit) base; in ``dtype`` when the merge is made in
     # it, so the probe below measures the merge, not bf16 rounding of the reference (1.2 logits on SmolLM2).
     trained = load_run(run_dir, dtype=dtype)
@@ -90,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune.merge", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a LoRA or QLoRA run folder")
     parser.add_argument("out", help="where to write the merged model")
+    parser.add_argument("--overwrite", action="store_true", help="write over files already in OUT")
     add_verbose_flag(parser)
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    report = merge_run(args.run_dir, args.out)
+    report = merge_run(args.run_dir, args.out, overwrite=args.overwrite)
     kind = "QLoRA (dequantised base)" if report["quantized_base"] else "LoRA"
     print(f"Merged {kind} run into {args.out}: max |logit diff| {report['max_abs_logit_diff']:.3g}, mean "
           f"{report['mean_abs_logit_diff']:.3g}, top-1 agreement {report['top1_agreement']:.1%} "

@@ -23,6 +23,8 @@ from pathlib import Path
 from matplotlib.figure import Figure  # the object API draws with Agg and never opens a window
 
 from .conversation import drop_none
+from .errors import UsageError, guarded
+from .paths import check_target
 
 __all__ = ["write_report", "compare_runs", "read_logs", "main"]
 
@@ -242,10 +244,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (runs/<recipe>-<timestamp>)")
     parser.add_argument("--out", type=Path, help="output folder (default: the run folder, or "
                         "<first run's parent>/compare-<timestamp> for several runs)")
+    parser.add_argument("--overwrite", action="store_true", help="write into --out even when it holds other files")
     args = parser.parse_args(argv)
     for run in args.runs:
         if not run.is_dir():
             parser.error(f"{run} is not a folder")
+        if not any((run / name).exists() for name in ("recipe.json", "logs.jsonl")):  # never into any folder
+            raise UsageError(f"{run} is not a run folder (no recipe.json or logs.jsonl); give runs/<recipe>-<time>.")
+    if args.out is not None:
+        check_target(args.out, lambda path: (path / "report.html").exists(), args.overwrite, "finetune.report")
     if len(args.runs) == 1:
         path = write_report(args.runs[0], args.out)
     else:
@@ -256,4 +263,6 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(guarded(lambda: main() and 0))

@@ -155,7 +155,7 @@ def sources(tmp_path):
 
 
 def _mix(tmp_path, *args, name="mix.jsonl"):
-    assert main(["mix", str(tmp_path / name), *args]) == 0
+    assert main(["mix", str(tmp_path / name), *args, "--overwrite"]) == 0  # the same OUT, mixed again
     return read(tmp_path / name)
 
 

@@ -373,6 +373,55 @@ def test_a_recipe_path_that_is_a_folder_says_so(tmp_path, capsys):
     one_clean_line(run.main, [tmp_path], capsys, "is a folder; give a recipe file in it")
 
 
+# --- nothing already there is overwritten --------------------------------------------------------------------------
+
+def test_merge_into_a_folder_holding_other_files_is_refused_unless_overwrite(trained_run, tmp_path, capsys):
+    """#30: merge replaced a model.safetensors that was already in OUT."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"someone else's model")
+    one_clean_line(merge.main, [trained_run, out], capsys, "already holds files finetune.merge did not write",
+                   "model.safetensors", "--overwrite")
+    assert (out / "model.safetensors").read_bytes() == b"someone else's model"
+    assert merge.main([str(trained_run), str(tmp_path / "merged")]) == 0
+    assert merge.main([str(trained_run), str(tmp_path / "merged")]) == 0  # its own earlier output: replaced
+    assert merge.main([str(trained_run), str(out), "--overwrite"]) == 0 and (out / "merge_report.json").exists()
+
+
+def test_report_into_a_folder_that_is_not_a_run_is_refused(tmp_path):
+    """#30: report.html was written into any folder."""
+    from finetune import report
+    from finetune.errors import UsageError
+
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(UsageError, match="is not a run folder"):
+        report.main([str(tmp_path / "notes")])
+    assert not (tmp_path / "notes" / "report.html").exists()
+
+
+def test_evaluate_into_a_folder_holding_other_files_is_refused(trained_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    one_clean_line(evaluate.main, [trained_run, "--out", out], capsys, "did not write (mine.txt)", "--overwrite")
+    data = write_jsonl(tmp_path / "held_out.jsonl", ALPACA[:2])
+    again = [str(trained_run), "--data", str(data), "--out", str(tmp_path / "fresh"), "--max-new-tokens", "2"]
+    assert evaluate.main(again) == 0 and evaluate.main(again) == 0  # its own earlier output is replaced
+
+
+@pytest.mark.parametrize("command", ["convert", "mix", "filter"])
+def test_data_tools_never_replace_an_existing_file_unless_overwrite(command, tmp_path, capsys):
+    source = write_jsonl(tmp_path / "in.jsonl", ALPACA)
+    out = tmp_path / "out.jsonl"
+    out.write_text("my own data\n")
+    argv = {"convert": ["convert", source, out, "--from", "alpaca", "--to", "messages"],
+            "mix": ["mix", out, "--source", f"{source}:alpaca"],
+            "filter": ["filter", source, out]}[command]
+    one_clean_line(data_cli.main, argv, capsys, "already exists and is not finetune.data", "--overwrite")
+    assert out.read_text() == "my own data\n"
+    assert data_cli.main([str(a) for a in argv] + ["--overwrite"]) == 0 and out.read_text() != "my own data\n"
+
+
 def test_evaluate_with_a_verbalizer_that_is_not_json(trained_run, tmp_path, capsys):
     bad = tmp_path / "v.json"
     bad.write_text("label: word")

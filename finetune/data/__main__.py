@@ -12,6 +12,7 @@ import logging
 import sys
 
 from ..errors import add_verbose_flag, guarded
+from ..paths import check_target
 from .readers import DataError
 from .tools.convert import FORMATS
 
@@ -20,7 +21,19 @@ __all__ = ["main"]
 READ_FORMATS = (*FORMATS, "text")
 
 
+def _check_output(args) -> None:
+    """A data file is never replaced unless asked: an earlier output cannot be told from a user's own data."""
+    outputs = [args.output]
+    if args.command == "filter":
+        from .tools.filter import dropped_path
+
+        outputs.append(dropped_path(args.output))
+    for output in outputs:
+        check_target(output, lambda path: False, args.overwrite, f"finetune.data {args.command}")
+
+
 def _filter(args) -> None:
+    _check_output(args)
     from .tools.filter import DEFAULT_KEYWORDS, FilterConfig, dropped_path, filter_file
 
     keywords = DEFAULT_KEYWORDS if args.keywords is None else tuple(k.strip() for k in args.keywords.split(","))
@@ -37,6 +50,7 @@ def _filter(args) -> None:
 
 
 def _mix(args) -> None:
+    _check_output(args)
     from .tools.mix import mix_files, parse_source
 
     rows, lost = mix_files([parse_source(s) for s in args.source], args.output, args.format, args.seed, args.total,
@@ -50,6 +64,7 @@ def _mix(args) -> None:
 
 
 def _convert(args) -> None:
+    _check_output(args)
     from .tools.convert import convert_file
 
     counts = convert_file(args.input, args.output, args.src, args.dst, args.lossy)
@@ -125,8 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=None, help="recipe file whose model tokenizer and template count tokens")
     p.add_argument("--png", default=None, help="write a length histogram here")
     p.set_defaults(run=_stats)
-    for command in commands.choices.values():
+    for name, command in commands.choices.items():
         add_verbose_flag(command)
+        if name != "stats":  # the commands that write OUT
+            command.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     return parser
 
 
