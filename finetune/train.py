@@ -29,7 +29,7 @@ from .runs import (
     write_best,
 )
 from .template_check import check_conversations
-from .training import finish_tracking, tracking_callbacks
+from .training import check_trackers, finish_tracking, tracking_callbacks
 
 __all__ = ["train", "training_arguments", "make_collator", "RunResult"]
 
@@ -62,6 +62,7 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
     set_seed(recipe.training.seed)
     resolved = resolve_model(recipe.model, recipe.data.template, thinking=recipe.data.thinking)  # before tokenizing
     logger.info("Model %s (family %s), template %s", resolved.path, resolved.family.name, resolved.template.name)
+    check_trackers(recipe.training.report_to)
     # Settings TrainingArguments refuses stop here, and the run folder is claimed and probed, before any compute.
     # The arguments come first: under torchrun they start the process group the folder's name is shared over,
     # and ZeRO-3 and FSDP load the model sharded only when they exist.

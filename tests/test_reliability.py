@@ -373,6 +373,32 @@ def test_a_recipe_path_that_is_a_folder_says_so(tmp_path, capsys):
     one_clean_line(run.main, [tmp_path], capsys, "is a folder; give a recipe file in it")
 
 
+def test_an_invalid_wandb_key_is_one_line_before_any_compute(cli, capsys, monkeypatch, tmp_path):
+    """#30: an invalid WANDB_API_KEY with report_to=wandb ended in wandb's traceback once training had started."""
+    monkeypatch.setenv("WANDB_API_KEY", "not-a-key")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    for flags in (["--dry-run"], []):
+        one_clean_line(run.main, [cli.recipe, "training.report_to=wandb", *flags], capsys,
+                       "W&B refuses the key: API key", "WANDB_MODE=offline")
+    assert not (cli.out / "logs.jsonl").exists()
+
+
+def test_a_wandb_refusal_at_start_is_one_line_too(cli, capsys, monkeypatch, tmp_path):
+    """What the key check cannot see (a well-formed key the server rejects, no network) is caught where W&B
+    starts: here its own AuthenticationError, raised as ``wandb.init`` raises it."""
+    import wandb
+    from wandb.errors import AuthenticationError
+
+    def refuse(**_):
+        raise AuthenticationError("API key not valid for this server.")
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setattr(wandb, "init", refuse)
+    one_clean_line(run.main, [cli.recipe, "training.report_to=wandb"], capsys,
+                   "W&B did not start (AuthenticationError: API key not valid", "WANDB_MODE=offline")
+
+
 # --- nothing already there is overwritten --------------------------------------------------------------------------
 
 def test_merge_into_a_folder_holding_other_files_is_refused_unless_overwrite(trained_run, tmp_path, capsys):

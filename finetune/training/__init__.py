@@ -6,8 +6,8 @@ evaluation sit above it, and nothing here knows which method or model family is 
 """
 from .collators import PaddingCollator, PaddingFreeCollator
 from .divergence import TrainingDiverged
-from .tracking import finish_tracking, tokens_seen_mode, tracking_callbacks, training_report_to
+from .tracking import check_trackers, finish_tracking, tokens_seen_mode, tracking_callbacks, training_report_to
 from .trainers import SFTTrainer
 
-__all__ = ["PaddingCollator", "PaddingFreeCollator", "SFTTrainer", "TrainingDiverged", "finish_tracking",
-           "tokens_seen_mode", "tracking_callbacks", "training_report_to"]
+__all__ = ["PaddingCollator", "PaddingFreeCollator", "SFTTrainer", "TrainingDiverged", "check_trackers",
+           "finish_tracking", "tokens_seen_mode", "tracking_callbacks", "training_report_to"]

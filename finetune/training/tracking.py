@@ -24,10 +24,11 @@ try:
 except ImportError:  # Python < 3.12
     from typing_extensions import override
 
+from ..errors import UsageError
 from ..recipe import Recipe, recipe_to_dict
 
-__all__ = ["OWN_TRACKERS", "RunLog", "finish_tracking", "parse_report_to", "tokens_seen_mode", "tracking_callbacks",
-           "training_report_to", "wandb_mode"]
+__all__ = ["OWN_TRACKERS", "RunLog", "check_trackers", "finish_tracking", "parse_report_to", "tokens_seen_mode",
+           "tracking_callbacks", "training_report_to", "wandb_mode"]
 
 logger = logging.getLogger("finetune")
 
@@ -65,6 +66,30 @@ def tokens_seen_mode(batching: str) -> str:
     which miscounts EOS when pad == EOS.
     """
     return "all" if batching == "padding_free" else "non_padding"
+
+
+_WANDB_ADVICE = ("fix WANDB_API_KEY, or set WANDB_MODE=offline (the run logs into <run>/wandb for `wandb sync` "
+                 "later), or leave wandb out of training.report_to")
+
+
+def check_trackers(report_to: str) -> None:
+    """What W&B would refuse once training has started, found before any compute (and in ``--dry-run``): an API key
+    in a format it rejects (measured: an invalid WANDB_API_KEY ended the run in wandb's traceback at the first step).
+
+    Raises:
+        UsageError: the key's problem, in W&B's own words, and what to do.
+    """
+    key = os.environ.get("WANDB_API_KEY")
+    if "wandb" not in parse_report_to(report_to) or not key or wandb_mode() != "online":
+        return
+    try:
+        from wandb.sdk.lib.wbauth.validation import check_api_key
+    except ImportError:  # another wandb layout: the check at setup below still turns a refusal into one line
+        return
+    problem = check_api_key(key)
+    if problem:
+        raise UsageError(f"training.report_to includes wandb, but W&B refuses the key: {problem} Then "
+                         f"{_WANDB_ADVICE}.")
 
 
 def tracking_callbacks(recipe: Recipe, audit, output_dir: str | Path) -> list[TrainerCallback]:
@@ -162,8 +187,14 @@ class RunFolderWandb(WandbCallback):
         if state.is_world_process_zero and self.run is None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             mode = wandb_mode()
-            self.run = self._wandb.init(project=self.project, name=self.output_dir.name, dir=str(self.output_dir),
-                                        mode=mode, config={"recipe": self.config}, reinit="finish_previous")
+            try:
+                self.run = self._wandb.init(project=self.project, name=self.output_dir.name,
+                                            dir=str(self.output_dir), mode=mode, config={"recipe": self.config},
+                                            reinit="finish_previous")
+            except Exception as err:  # noqa: BLE001 - wandb's own errors (authentication, network): one line
+                if not type(err).__module__.startswith("wandb"):
+                    raise
+                raise UsageError(f"W&B did not start ({type(err).__name__}: {err}); {_WANDB_ADVICE}.") from None
             logger.info("W&B run %s (%s) in %s", self.output_dir.name, mode, self.output_dir / "wandb")
         super().setup(args, state, model, **kwargs)
 
