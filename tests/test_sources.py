@@ -48,6 +48,17 @@ def test_a_cut_short_gzip_file_is_named_with_the_last_line_read(tmp_path):
         read_examples(tmp_path / "cut.jsonl.gz", "alpaca")
 
 
+def test_a_line_larger_than_any_record_may_be_is_refused_with_its_line(tmp_path, monkeypatch):
+    """#30: one 50 MB line took 10.7 GiB of memory in a --dry-run."""
+    from finetune.data import jsonfile
+
+    monkeypatch.setattr(jsonfile, "MAX_LINE_BYTES", 1 << 20)  # the same rule at a size a test can write quickly
+    write_jsonl(tmp_path / "big.jsonl", [{"instruction": "q", "output": "a"},
+                                         {"instruction": "q", "output": "x" * (2 << 20)}])
+    with pytest.raises(DataError, match=r"big.jsonl:2: the line is 2 MB, more than the 1 MB a record may take"):
+        read_examples(tmp_path / "big.jsonl", "alpaca")
+
+
 def test_parquet_csv_and_save_to_disk_folders(tmp_path, expected):
     table = pa.Table.from_pylist(RECORDS)
     pq.write_table(table, tmp_path / "d.parquet", row_group_size=4)

@@ -20,6 +20,11 @@ __all__ = ["check_object", "iter_records", "json_chunks", "open_binary", "parse_
 BOM = b"\xef\xbb\xbf"
 
 
+MAX_LINE_BYTES = 16 << 20
+"""The largest JSONL line read: a single 50 MB line took 10.7 GiB in a ``--dry-run`` (parsing, the conversation,
+the tokenizer's offsets), and 16 MB of text is some 4 million tokens, beyond every context window."""
+
+
 def open_binary(path: str | Path) -> BinaryIO:
     """``path`` opened for reading bytes, decompressed by suffix (``.gz``, ``.zst``).
 
@@ -56,6 +61,10 @@ def json_chunks(path: str | Path, size: int) -> Iterator[tuple[str, list[int], l
                     return
             if not raw.strip():
                 continue
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path}:{number}: the line is {len(raw) / 2**20:.0f} MB, more than the "
+                                f"{MAX_LINE_BYTES >> 20} MB a record may take here (its tokens would be far beyond any "
+                                "model.max_length, and tokenizing it takes many GB); split or remove it.")
             numbers.append(number)
             raws.append(raw)
             if len(raws) == size:
