@@ -18,7 +18,8 @@ from .errors import UserError
 __all__ = [
     "ModelSpec", "QuantSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec",
     "EvalSpec", "Recipe",
-    "RecipeError", "check_types", "recipe_to_dict", "recipe_from_dict", "resolved_batching", "register_method_spec",
+    "RecipeError", "check_settings_agree", "check_types", "recipe_to_dict", "recipe_from_dict", "resolved_batching",
+    "register_method_spec",
 ]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -349,6 +350,28 @@ class Recipe:
                               f"model.attn_implementation={allowed} (every packed example must attend to the shared "
                               f"prefix and to itself only); {self.model.attn_implementation!r} cannot, so use it with "
                               "data.batching=padded.")
+
+
+def check_settings_agree(recipe: Recipe) -> None:
+    """Settings of different sections that only fail together, and late: found before any compute (``train()``
+    calls this first, so ``--dry-run`` does too). Not in ``__post_init__``, where overrides applied one at a time
+    (``data.eval= training.eval_strategy=no``) would be refused halfway.
+
+    Raises:
+        RecipeError: evaluation asked for without held-out data (transformers' ValueError came after the model
+            loaded); a best-model metric only ``eval.generate`` logs, with it off (a KeyError after training).
+    """
+    if recipe.training.eval_strategy != "no" and not (recipe.data.eval or recipe.data.eval_split):
+        raise RecipeError(f"training.eval_strategy={recipe.training.eval_strategy} evaluates held-out data, and the "
+                          "recipe has none: set data.eval (a file) or data.eval_split, or training.eval_strategy=no.")
+    metric = (recipe.training.extra.get("metric_for_best_model") or "").removeprefix("eval_")
+    if metric in GENERATION_METRICS and not recipe.eval.generate:
+        raise RecipeError(f"training.metric_for_best_model=eval_{metric} is a generation score, logged only with "
+                          "eval.generate=true; turn that on, or pick eval_loss.")
+
+
+GENERATION_METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "exact-match")
+"""The scores ``eval.generate`` logs at each evaluation (as ``eval_<name>``; finetune/evaluation/metrics.py)."""
 
 
 def resolved_batching(recipe: Recipe, attention: Optional[str] = None) -> str:

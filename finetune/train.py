@@ -18,7 +18,7 @@ from .data import LabelAudit, build_datasets, plain_messages, show_example
 from .evaluation import BeforeAfter
 from .methods import count_parameters, get_method
 from .models import resolve_model
-from .recipe import Recipe
+from .recipe import Recipe, check_settings_agree
 from .runs import (
     GracefulStop,
     MarkComplete,
@@ -59,6 +59,7 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
             newest ``runs/<name>-*``), or from the checkpoint folder given as a path.
         resume_weights_only: allow resuming from a checkpoint without optimizer/schedule/RNG state.
     """
+    check_settings_agree(recipe)
     set_seed(recipe.training.seed)
     resolved = resolve_model(recipe.model, recipe.data.template, thinking=recipe.data.thinking)  # before tokenizing
     logger.info("Model %s (family %s), template %s", resolved.path, resolved.family.name, resolved.template.name)

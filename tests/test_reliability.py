@@ -399,6 +399,24 @@ def test_a_wandb_refusal_at_start_is_one_line_too(cli, capsys, monkeypatch, tmp_
                    "W&B did not start (AuthenticationError: API key not valid", "WANDB_MODE=offline")
 
 
+@pytest.mark.parametrize("flags", [["--dry-run"], []], ids=["dry run", "run"])
+def test_evaluation_without_held_out_data_is_refused_before_anything_loads(flags, cli, capsys):
+    """#30: the demo recipe with data.eval= kept eval_strategy=steps: a raw transformers ValueError after the model
+    loaded, an empty run folder left behind, and --dry-run passed."""
+    demo = str(ROOT / "recipes" / "smollm2_lora.py")
+    one_clean_line(run.main, [demo, "data.eval=", f"training.output_dir={cli.out}", *flags], capsys,
+                   "training.eval_strategy=steps evaluates held-out data", "data.eval_split")
+    assert not cli.out.exists()
+    # Overrides apply as a whole: the one that fixes it may come after the one that broke it.
+    assert run.main([demo, "data.eval=", "training.eval_strategy=no", "--dry-run"]) == 0
+
+
+def test_a_best_model_metric_that_is_never_logged_is_refused_before_training(cli, capsys):
+    """#30: metric_for_best_model=eval_rouge-l with eval.generate=false: a KeyError after 201 s, nothing saved."""
+    one_clean_line(run.main, [cli.recipe, "training.metric_for_best_model=eval_rouge-l", "eval.generate=false",
+                              "--dry-run"], capsys, "eval_rouge-l is a generation score", "eval.generate=true")
+
+
 # --- nothing already there is overwritten --------------------------------------------------------------------------
 
 def test_merge_into_a_folder_holding_other_files_is_refused_unless_overwrite(trained_run, tmp_path, capsys):
