@@ -2,6 +2,7 @@
 cache), column mapping, TRL's prompt-completion layouts, and the errors each gives on bad input."""
 import gzip
 import json
+import re
 
 import datasets
 import pyarrow as pa
@@ -46,6 +47,22 @@ def test_a_cut_short_gzip_file_is_named_with_the_last_line_read(tmp_path):
     with pytest.raises(DataError, match=r"cut.jsonl.gz: the compressed file is cut short or damaged after line \d+ "
                                         r"\(EOFError.*copy it again"):
         read_examples(tmp_path / "cut.jsonl.gz", "alpaca")
+
+
+@pytest.mark.parametrize("line", ['{"instruction": "What is it", "output": "Paris',
+                                  '{"instruction": "What is it", "output": "Paris" , }',
+                                  '{"instruction": "What is it", "output": Paris}'])
+def test_a_malformed_line_is_placed_where_pythons_parser_places_it(line, tmp_path):
+    """#30: the column of a string left open pointed at the line's end (the newline read as a control character)."""
+    with pytest.raises(json.JSONDecodeError) as python:
+        json.loads(line)
+    (tmp_path / "bad.jsonl").write_text('{"instruction": "q", "output": "a"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"bad.jsonl:2: invalid JSON at column {python.value.colno} "
+                                        rf"\({re.escape(python.value.msg)}\)"):
+        read_examples(tmp_path / "bad.jsonl", "alpaca")
+    (tmp_path / "bad.json").write_text('[{"instruction": "q", "output": "a"},\n' + line + "]", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.json:2: invalid JSON at column \d+"):
+        read_examples(tmp_path / "bad.json", "alpaca")
 
 
 def test_a_line_larger_than_any_record_may_be_is_refused_with_its_line(tmp_path, monkeypatch):

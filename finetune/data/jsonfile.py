@@ -95,8 +95,8 @@ def _array_chunks(path, data: bytes, size: int) -> Iterator[tuple[str, list[int]
     try:
         records = json.loads(_decode(path, data, 0), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); fix the file or convert it to JSONL.") \
-            from None
+        raise DataError(f"{path}:{err.lineno}: invalid JSON at column {err.colno} ({err.msg}); fix the file or "
+                        "convert it to JSONL.") from None
     except (RecursionError, _DuplicateKey) as err:
         raise DataError(f"{path}: {_parse_problem(err)}") from None
     if not isinstance(records, list):
@@ -118,7 +118,9 @@ def parse_line(path: str | Path, number: int, raw: bytes) -> dict:
             a key that appears twice in one object, a lone UTF-16 surrogate, or a value that is not an object.
     """
     where = f"{path}:{number}"
-    text = _decode(path, raw, number - 1)
+    # Without its line end: a string left open then reads as Python's "Unterminated string starting at: column
+    # 41", not as a control character (the newline) at the end of the line.
+    text = _decode(path, raw.rstrip(b"\r\n"), number - 1)
     try:
         if text.startswith("\ufeff"):  # json.loads' own check, which calling the decoder directly skips
             raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
