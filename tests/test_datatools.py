@@ -260,3 +260,14 @@ def test_stats_with_recipe_counts_tokens(tmp_path, capsys, smollm2_path):
     out = capsys.readouterr().out
     assert "template chatml" in out and "1 examples (50.0%) exceed max_length 32" in out
     assert (tmp_path / "t.png").exists()
+
+
+def test_tool_and_reasoning_data_converts_to_messages_unchanged_and_nowhere_else_silently(tmp_path, capsys):
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "data" / "tool_calls" / "train.jsonl"
+    assert main(["convert", str(source), str(tmp_path / "m.jsonl"), "--from", "messages", "--to", "messages"]) == 0
+    before, after = read_examples(source, "messages"), read_examples(tmp_path / "m.jsonl", "messages")
+    assert after.conversations == before.conversations and after.tools == before.tools and before.tools[0]
+    assert main(["convert", str(source), str(tmp_path / "a.jsonl"), "--from", "messages", "--to", "alpaca"]) == 2
+    assert "alpaca cannot hold reasoning, tool calls or tool results" in capsys.readouterr().err

@@ -97,8 +97,15 @@ def to_record(messages: list[dict], fmt: str, where: str = "", lossy: bool = Fal
     if fmt not in ("messages", "sharegpt") and body[-1]["role"] == "user":  # those two allow a trailing prompt
         lose("a final user turn with no answer")
         body = body[:-1]
-    if fmt == "messages":
-        return {"messages": [dict(m) for m in messages]}
+    if fmt == "messages":  # tool calls travel as JSON text inside the reader; written back as the list they were
+        return {"messages": [{**m, "tool_calls": json.loads(m["tool_calls"])} if m.get("tool_calls") else dict(m)
+                             for m in messages]}
+    if any(m["role"] == "tool" or m.get("tool_calls") or m.get("reasoning_content") for m in messages):
+        lose("reasoning, tool calls or tool results (only messages holds them)")
+        messages = [{k: v for k, v in m.items() if k not in ("tool_calls", "reasoning_content")}
+                    for m in messages if m["role"] != "tool"]
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+        body = [m for m in (messages[1:] if system is not None else messages) if m["content"].strip()]
     last_input = len(body) - 2 if fmt == "alpaca" else None
     for i, message in enumerate(body):
         if message.get("input") and i != last_input:
