@@ -122,5 +122,7 @@ def _generation_eval(recipe: Recipe, eval_data, output_dir: Path) -> Optional[Ge
     spec = recipe.eval
     limit = min(spec.generate_limit or len(eval_data), len(eval_data))
     sampling = {"do_sample": True, "top_p": spec.top_p, "temperature": spec.temperature} if spec.do_sample else {}
-    return GenerationEval(list(eval_data.select(range(limit))["messages"]), spec.max_new_tokens,
-                          recipe.training.per_device_eval_batch_size, generate_kwargs=sampling, output_dir=output_dir)
+    shown = eval_data.select(range(limit))
+    return GenerationEval(list(shown["messages"]), spec.max_new_tokens,
+                          recipe.training.per_device_eval_batch_size, generate_kwargs=sampling, output_dir=output_dir,
+                          tools=shown["tools"] if "tools" in shown.column_names else None)

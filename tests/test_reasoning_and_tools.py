@@ -158,3 +158,25 @@ def test_malformed_tool_data_names_the_line_and_field(bad, message, tokenizer, t
     with pytest.raises(DataError, match=f"bad.jsonl:1.*{message}"):
         build_datasets(DataSpec(train=str(path), format="messages"), real_tokenizer("qwen3"),
                        get_template("tokenizer"), 4096)
+
+
+def test_generation_renders_each_conversations_tools_into_its_prompt(qwen3):
+    """Held-out answers (before/after samples, generation metrics) are asked with the tools training showed."""
+    import torch
+
+    from finetune.evaluation.generation import generate
+
+    class Recorder(torch.nn.Module):  # stands in for a model: records the prompts generate() builds
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, attention_mask=None, **_):
+            self.prompts = input_ids
+            return torch.cat([input_ids, input_ids[:, -1:]], 1)
+
+    model, question = Recorder(), [{"role": "user", "content": "Is it raining in Oslo?"}]
+    generate(model, qwen3, get_template("tokenizer"), [question, question], tools=[json.dumps([WEATHER]), None],
+             progress=False)
+    with_tools, without = (qwen3.decode(row[row != qwen3.pad_token_id]) for row in model.prompts)
+    assert '"name": "get_weather"' in with_tools and "get_weather" not in without

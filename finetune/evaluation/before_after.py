@@ -32,7 +32,9 @@ class BeforeAfter:
     def __init__(self, trainer, eval_data, spec, untrained):
         self.trainer, self.spec, self.untrained = trainer, spec, untrained
         count = min(spec.samples, len(eval_data))
-        self.conversations = [plain_messages(c) for c in eval_data.select(range(count))["messages"]]
+        shown = eval_data.select(range(count))
+        self.conversations = [plain_messages(c) for c in shown["messages"]]
+        self.tools = shown["tools"] if "tools" in shown.column_names else None
         self.before: tuple[float, list[str]] = (float("nan"), [])
 
     def measure_before(self) -> None:
@@ -77,7 +79,7 @@ class BeforeAfter:
             return loss, generated.predictions[:len(self.conversations)]
         prompts = [prompt_messages(c)[0] for c in self.conversations]
         answers = generate(trainer.model, trainer.processing_class, trainer.template, prompts,
-                           self.spec.max_new_tokens) if prompts else []
+                           self.spec.max_new_tokens, tools=self.tools) if prompts else []
         return loss, answers
 
 

@@ -1,7 +1,7 @@
 """Batched generation with a run's own template (left padding, greedy by default)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -15,8 +15,12 @@ __all__ = ["generate", "prompt_messages"]
 
 @torch.no_grad()
 def generate(model, tokenizer, template, conversations: Sequence[list[dict]], max_new_tokens: int = 64,
-             batch_size: int = 8, progress: bool = True, **generate_kwargs) -> list[str]:
+             batch_size: int = 8, progress: bool = True, tools: Optional[Sequence] = None,
+             **generate_kwargs) -> list[str]:
     """Answer each conversation (ending with a user turn) with the template the model was trained on.
+
+    Args:
+        tools: each conversation's tool schemas (a list, JSON text or None), rendered into its prompt as in training.
 
     Returns:
         The generated answers, decoded without special tokens and stripped.
@@ -33,7 +37,9 @@ def generate(model, tokenizer, template, conversations: Sequence[list[dict]], ma
     answers = []
     starts = range(0, len(conversations), batch_size)
     for start in tqdm(starts, desc="Generating", disable=not progress or len(starts) < 2):
-        prompts = [{"input_ids": encoder.encode_prompt(c)} for c in conversations[start:start + batch_size]]
+        schemas = tools[start:start + batch_size] if tools is not None else [None] * batch_size
+        prompts = [{"input_ids": encoder.encode_prompt(c, t)}
+                   for c, t in zip(conversations[start:start + batch_size], schemas)]
         batch = {k: v.to(device) for k, v in collate(prompts).items()}
         output = model.generate(**batch, **kwargs)
         new_tokens = output[:, batch["input_ids"].shape[1]:]

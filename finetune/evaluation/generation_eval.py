@@ -45,6 +45,8 @@ class GenerationEval:
     language: str = "auto"
     generate_kwargs: dict = field(default_factory=dict)
     output_dir: Optional[Path] = None
+    tools: Optional[list] = None
+    """Each conversation's tool schemas (JSON text or None), rendered into its prompt as in training."""
     evaluations: int = 0
     predictions: list = field(default_factory=list)
     """The answers of the latest evaluation, in the order of ``conversations``."""
@@ -61,9 +63,11 @@ class GenerationEval:
         started = time.perf_counter()
         prompts, references = zip(*(prompt_messages(c) for c in self.conversations))
         rank, world = accelerator.process_index, accelerator.num_processes
-        batches = [list(prompts[i:i + self.batch_size]) for i in range(0, len(prompts), self.batch_size)]
+        starts = range(0, len(prompts), self.batch_size)
+        batches = [list(prompts[i:i + self.batch_size]) for i in starts]
+        tools = [self.tools[i:i + self.batch_size] if self.tools else None for i in starts]
         mine = {i: generate(model, tokenizer, template, batch, self.max_new_tokens, self.batch_size,
-                            progress=False, **self.generate_kwargs)
+                            progress=False, tools=tools[i], **self.generate_kwargs)
                 for i, batch in enumerate(batches) if i % world == rank}
         if world > 1:
             gathered = [None] * world
