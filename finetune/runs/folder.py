@@ -101,7 +101,9 @@ def _open(recipe: Recipe, resume: bool | str, dry_run: bool, weights_only: bool 
 
 
 def _refuse_taken(path: Path) -> None:
-    taken = sorted(p.name for p in path.iterdir() if p.name != CLAIM) if path.is_dir() else []
+    # The claim, and the write probe of another run checking the same folder this instant, are not a run's files.
+    taken = sorted(p.name for p in path.iterdir() if p.name != CLAIM and not p.name.startswith(".finetune-probe-")
+                   ) if path.is_dir() else []
     if taken:
         raise RunFolderError(
             f"training.output_dir={path} already holds files ({', '.join(taken[:4])}"
