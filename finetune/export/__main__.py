@@ -11,7 +11,8 @@ from .checks import QUANT_TYPES, ExportRefused
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune.export", description=__doc__.split(":", 1)[1].strip())
-    parser.add_argument("run_dir", help="a run folder (LoRA, DoRA, QLoRA or full fine-tuning of a Llama-family model)")
+    parser.add_argument("run_dir", help="a run folder (LoRA, DoRA, QLoRA or full fine-tuning of a Llama, Mistral, "
+                        "Qwen2, Qwen3 or Phi-3 model)")
     parser.add_argument("out", help="the GGUF file to write; NAME.Modelfile is written beside it")
     parser.add_argument("--quant", default="f16", metavar="TYPE",
                         help=f"type of the weight matrices: {', '.join(QUANT_TYPES)} (default f16)")

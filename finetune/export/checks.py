@@ -5,7 +5,7 @@ import gguf
 
 from ..errors import UserError
 
-__all__ = ["ExportRefused", "QUANT_TYPES", "quant_type", "check_exportable"]
+__all__ = ["ExportRefused", "GGUF_ARCHITECTURES", "QUANT_TYPES", "quant_type", "check_exportable"]
 
 
 class ExportRefused(UserError, ValueError):
@@ -34,22 +34,43 @@ def quant_type(name: str) -> gguf.GGMLQuantizationType:
     raise ExportRefused(f"--quant {name}: unknown type; choose one of {', '.join(QUANT_TYPES)}")
 
 
+GGUF_ARCHITECTURES = {
+    "llama": gguf.MODEL_ARCH.LLAMA,
+    "mistral": gguf.MODEL_ARCH.LLAMA,
+    "qwen2": gguf.MODEL_ARCH.QWEN2,
+    "qwen3": gguf.MODEL_ARCH.QWEN3,
+    "phi3": gguf.MODEL_ARCH.PHI3,
+}
+"""llama.cpp's architecture for each family exported, as its ``convert_hf_to_gguf.py`` registers the Hugging Face
+classes (``MistralForCausalLM`` is converted by its ``LlamaModel``); each is read back by transformers' GGUF loader in
+``tests/test_export_families.py``."""
+
+NOT_EXPORTED = {
+    "gemma": "Gemma's SentencePiece tokenizer (byte fallback) needs the piece scores of tokenizer.model, which "
+             "tokenizer.json does not hold, and its architecture (offset norms, soft-capping, sliding-window layers) "
+             "is not written here; merge the run (`python -m finetune.merge RUN OUT`), copy the base model's "
+             "tokenizer.model into OUT and convert OUT with llama.cpp's convert_hf_to_gguf.py",
+}
+"""Why a registered family is not exported, where there is more to say than that llama.cpp lacks it."""
+
+
 def check_exportable(recipe, family_name: str) -> None:
     """Refuse runs no GGUF runtime can load, naming the reason and the way out.
 
     Raises:
-        ExportRefused: for P-Tuning v2 prefixes, non-Llama families, and RoPE scaling llama.cpp lacks.
+        ExportRefused: for P-Tuning v2 prefixes, families not in ``GGUF_ARCHITECTURES``, and RoPE scaling llama.cpp
+            lacks.
     """
     if recipe.method.name == "ptuning":
         raise ExportRefused(
             "a P-Tuning v2 run is a prefix of past keys/values fed to every layer, which no GGUF runtime "
             "(llama.cpp, Ollama, LM Studio) can load; serve it with `python -m finetune.chat RUN_DIR`, or "
             "train the same recipe with method=LoraSpec(...) and export that")
-    if family_name != "llama":
-        raise ExportRefused(
-            f"the {family_name} family is not exported: this exporter writes llama.cpp's Llama architecture "
-            "(SmolLM2, Llama 2/3, Mistral) only; merge the run (`python -m finetune.merge RUN OUT`) and convert "
-            "OUT with llama.cpp's convert_hf_to_gguf.py if it supports the architecture")
+    if family_name not in GGUF_ARCHITECTURES:
+        raise ExportRefused(f"the {family_name} family is not exported: " + NOT_EXPORTED.get(
+            family_name, f"this exporter writes the {', '.join(GGUF_ARCHITECTURES)} families only; merge the run "
+            "(`python -m finetune.merge RUN OUT`) and convert OUT with llama.cpp's convert_hf_to_gguf.py if it "
+            "supports the architecture"))
     if recipe.model.rope_scaling == "dynamic":
         raise ExportRefused(
             "model.rope_scaling=dynamic (NTK) has no llama.cpp equivalent, so positions past the native window "

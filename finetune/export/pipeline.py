@@ -11,7 +11,7 @@ from ..models import resolve_family, resolve_model_path
 from ..recipe import recipe_from_dict
 from ..templates import template_from_dict
 from .chat_template import PromptFormat, jinja_chat_template
-from .checks import ExportRefused, check_exportable, quant_type
+from .checks import GGUF_ARCHITECTURES, ExportRefused, check_exportable, quant_type
 from .gguf_file import write_gguf
 from .modelfile import write_modelfile
 from .vocab import add_tokenizer
@@ -46,7 +46,8 @@ def export_run(run_dir: str | Path, out: str | Path, quant: str = "f16") -> dict
 
             model_dir = Path(tmp) / "merged"
             merge_report = merge_run(run_dir, model_dir, dtype="float32")  # every GGUF type is <= f32
-        report = _write(model_dir, out, qtype, recipe, template, (run_dir, base_path))
+        report = _write(model_dir, out, qtype, recipe, template, (run_dir, base_path),
+                        GGUF_ARCHITECTURES[family.name])
     return {**report, "merge": merge_report}
 
 
@@ -58,7 +59,7 @@ def _read_run(run_dir: Path):
     return recipe, template_from_dict(json.loads((run_dir / "template.json").read_text()))
 
 
-def _write(model_dir: Path, out: Path, qtype, recipe, template, tokenizer_dirs: tuple[Path, ...]) -> dict:
+def _write(model_dir: Path, out: Path, qtype, recipe, template, tokenizer_dirs: tuple[Path, ...], arch) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -72,7 +73,7 @@ def _write(model_dir: Path, out: Path, qtype, recipe, template, tokenizer_dirs: 
         add_tokenizer(writer, model_dir, tokenizer, vocab_size, add_bos=bool(prefix), chat_template=chat_template,
                       sentencepiece_dirs=(model_dir, *tokenizer_dirs))
 
-    report = write_gguf(model_dir, out, qtype, recipe.name, tokenizer_keys, rope=_rope(recipe))
+    report = write_gguf(model_dir, out, qtype, recipe.name, tokenizer_keys, rope=_rope(recipe), arch=arch)
     try:
         report["modelfile"] = str(write_modelfile(out, fmt))
     except ExportRefused as reason:  # the GGUF file is still right for llama.cpp / LM Studio

@@ -25,9 +25,11 @@ CHECK_TEXT = (
     "sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL")
 
 PRE_TOKENIZERS = {
-    # Hashes from llama.cpp's get_vocab_base_pre() for the Llama-family tokenizers this project trains.
+    # Hashes from llama.cpp's get_vocab_base_pre() for the tokenizers this project trains, each matched there and
+    # by hashing the real tokenizer (tests/test_export_families.py).
     "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # SmolLM / SmolLM2
-    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Llama 3 / 3.1
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Llama 3.x
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5 / 2 / 2.5 / 3
 }
 
 
@@ -76,7 +78,7 @@ def bpe_pre_tokenizer(tokenizer) -> str:
 
 
 def _add_bpe(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> None:
-    """Byte-level BPE (SmolLM2, Llama 3): tokens in id order, typed as llama.cpp's converter types them."""
+    """Byte-level BPE (SmolLM2, Llama 3, Qwen): tokens in id order, typed as llama.cpp's converter types them."""
     reverse = {i: token for token, i in tokenizer.get_vocab().items()}
     added = tokenizer.added_tokens_decoder
     tokens, types = [], []
