@@ -432,6 +432,17 @@ def test_merge_into_a_folder_holding_other_files_is_refused_unless_overwrite(tra
     assert merge.main([str(trained_run), str(out), "--overwrite"]) == 0 and (out / "merge_report.json").exists()
 
 
+def test_export_over_a_file_it_did_not_write_is_refused_unless_overwrite(trained_run, tmp_path, capsys):
+    out = tmp_path / "model.gguf"
+    out.write_bytes(b"not a gguf file")
+    one_clean_line(export_cli.main, [trained_run, out], capsys, "already exists and is not finetune.export",
+                   "--overwrite")
+    assert out.read_bytes() == b"not a gguf file"
+    assert export_cli.main([str(trained_run), str(out), "--overwrite"]) == 0
+    assert export_cli.main([str(trained_run), str(out)]) == 0  # its own earlier export is replaced
+    assert out.read_bytes()[:4] == b"GGUF"
+
+
 def test_report_into_a_folder_that_is_not_a_run_is_refused(tmp_path):
     """#30: report.html was written into any folder."""
     from finetune import report

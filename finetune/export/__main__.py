@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="the GGUF file to write; NAME.Modelfile is written beside it")
     parser.add_argument("--quant", default="f16", metavar="TYPE",
                         help=f"type of the weight matrices: {', '.join(QUANT_TYPES)} (default f16)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT (and its Modelfile) whatever they are")
     add_verbose_flag(parser)
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def export() -> int:
         try:
-            _print_report(args, export_run(args.run_dir, args.out, args.quant))
+            _print_report(args, export_run(args.run_dir, args.out, args.quant, overwrite=args.overwrite))
         except ExportRefused as reason:
             raise ExportRefused(f"cannot export {args.run_dir}: {reason}") from None
         return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.tokenize import auto_prefix_ids
 from ..models import resolve_family, resolve_model_path
+from ..paths import check_target
 from ..recipe import recipe_from_dict
 from ..templates import template_from_dict
 from .chat_template import PromptFormat, jinja_chat_template
@@ -21,7 +22,7 @@ __all__ = ["export_run"]
 logger = logging.getLogger(__name__)
 
 
-def export_run(run_dir: str | Path, out: str | Path, quant: str = "f16") -> dict:
+def export_run(run_dir: str | Path, out: str | Path, quant: str = "f16", overwrite: bool = False) -> dict:
     """Export a LoRA/DoRA/QLoRA run (merged first) or a full fine-tuning run to ``out`` (GGUF) and a Modelfile.
 
     Returns:
@@ -32,6 +33,12 @@ def export_run(run_dir: str | Path, out: str | Path, quant: str = "f16") -> dict
         ExportRefused: when the run, its family or ``quant`` cannot be exported (the message says what to do).
     """
     run_dir, out = Path(run_dir), Path(out)
+    # An earlier export is replaced; any other file is not (a GGUF file starts with its magic, a Modelfile we wrote
+    # names its GGUF file).
+    check_target(out, lambda path: path.is_file() and path.open("rb").read(4) == b"GGUF", overwrite,
+                 "finetune.export")
+    check_target(out.with_suffix(".Modelfile"), lambda path: f"FROM ./{out.name}" in path.read_text(errors="replace"),
+                 overwrite, "finetune.export")
     qtype = quant_type(quant)
     recipe, template = _read_run(run_dir)
     base_path = resolve_model_path(recipe.model.path)
