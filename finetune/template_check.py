@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .data.readers import read_examples
-from .data.tokenize import IGNORE_INDEX, Encoder, auto_prefix_ids
+from .data.tokenize import IGNORE_INDEX, Encoder
 from .export.chat_template import PromptFormat, jinja_chat_template
 from .templates import TokenizerTemplate, chat_messages
 
@@ -101,9 +101,7 @@ class _Reference:
 
     def __init__(self, tokenizer, template, system: Optional[str]):
         self.tokenizer, self.template = tokenizer, template
-        prefix = auto_prefix_ids(tokenizer)
-        fmt = PromptFormat(template, bos=tokenizer.decode(prefix) if prefix else "", eos=tokenizer.eos_token or "",
-                           system=system)
+        fmt = PromptFormat.for_tokenizer(template, tokenizer, system)
         self.chat_template = jinja_chat_template(fmt, getattr(tokenizer, "chat_template", None))
         self.kwargs: dict[str, Any] = {}
         if isinstance(template, TokenizerTemplate) and template.enable_thinking is not None:

@@ -13,6 +13,7 @@ import string
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from ..data.tokenize import auto_prefix_ids
 from ..templates import TokenizerTemplate
 from .checks import ExportRefused
 
@@ -30,6 +31,13 @@ class PromptFormat:
     eos: str
     system: Optional[str] = None
     """``data.system`` of the recipe: the system prompt of examples without one; ``None`` = template default."""
+
+    @classmethod
+    def for_tokenizer(cls, template, tokenizer, system: Optional[str] = None) -> "PromptFormat":
+        """The format as ``tokenizer`` writes it: its automatic prefix (measured, not read from a flag) and EOS."""
+        prefix = auto_prefix_ids(tokenizer)
+        return cls(template, bos=tokenizer.decode(prefix) if prefix else "", eos=tokenizer.eos_token or "",
+                   system=system)
 
 
 def jinja_chat_template(fmt: PromptFormat, tokenizer_template: Optional[str] = None) -> str:

@@ -6,7 +6,6 @@ import logging
 import tempfile
 from pathlib import Path
 
-from ..data.tokenize import auto_prefix_ids
 from ..models import resolve_family, resolve_model_path
 from ..paths import check_target
 from ..recipe import recipe_from_dict
@@ -70,14 +69,12 @@ def _write(model_dir: Path, out: Path, qtype, recipe, template, tokenizer_dirs: 
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    prefix = auto_prefix_ids(tokenizer)
-    fmt = PromptFormat(template, bos=tokenizer.decode(prefix) if prefix else "", eos=tokenizer.eos_token or "",
-                       system=recipe.data.system)
+    fmt = PromptFormat.for_tokenizer(template, tokenizer, recipe.data.system)
     chat_template = jinja_chat_template(fmt, getattr(tokenizer, "chat_template", None))
     vocab_size = json.loads((model_dir / "config.json").read_text())["vocab_size"]
 
     def tokenizer_keys(writer):
-        add_tokenizer(writer, model_dir, tokenizer, vocab_size, add_bos=bool(prefix), chat_template=chat_template,
+        add_tokenizer(writer, model_dir, tokenizer, vocab_size, add_bos=bool(fmt.bos), chat_template=chat_template,
                       sentencepiece_dirs=(model_dir, *tokenizer_dirs))
 
     report = write_gguf(model_dir, out, qtype, recipe.name, tokenizer_keys, rope=_rope(recipe), arch=arch)
