@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import four_examples as write_four
 from helpers import write_jsonl
 
 from finetune import DataSpec, EvalSpec, FullSpec, LoraSpec, ModelSpec, PTuningSpec, Recipe, TrainingSpec
@@ -26,14 +27,6 @@ pytestmark = pytest.mark.bf16
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "dist_driver.py"
 WEIGHTS = ("adapter_model.safetensors", "prefix_encoder.safetensors", "model.safetensors")
-
-
-def four_examples(folder: Path) -> Path:
-    """Four examples with different numbers of supervised tokens: one global batch of 4 either way."""
-    return write_jsonl(folder / "four.jsonl", [
-        {"instruction": "Name it.", "input": c, "output": name} for c, name in
-        [("þ", "LATIN SMALL LETTER THORN"), ("Ω", "GREEK CAPITAL LETTER OMEGA"), ("ß", "LATIN SMALL LETTER SHARP S"),
-         ("ā", "LATIN SMALL LETTER A WITH MACRON AND A LONGER TAIL OF WORDS")]])
 
 
 def method_recipes(tiny_llama: Path, untied: Path, data: Path, out: Path) -> list[Recipe]:
@@ -84,7 +77,7 @@ def logged_loss(run: Path) -> float:
 @pytest.fixture(scope="module")
 def ddp_and_single(tiny_llama, untied_llama, tmp_path_factory):
     work = tmp_path_factory.mktemp("ddp")
-    data = four_examples(work)
+    data = write_four(work / "four.jsonl")
     ddp = method_recipes(tiny_llama, untied_llama, data, work / "ddp")
     _, reports = torchrun(ddp, work / "reports")
     single = []

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import write_jsonl
+from helpers import four_examples
 from safetensors.torch import load_file
 
 from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
@@ -43,10 +43,7 @@ def make_command(target: str, **variables) -> list[str]:
 
 @pytest.fixture(scope="module")
 def four(tmp_path_factory):
-    return write_jsonl(tmp_path_factory.mktemp("data") / "four.jsonl", [
-        {"instruction": "Name it.", "input": c, "output": name} for c, name in
-        [("þ", "LATIN SMALL LETTER THORN"), ("Ω", "GREEK CAPITAL LETTER OMEGA"), ("ß", "LATIN SMALL LETTER SHARP S"),
-         ("ā", "LATIN SMALL LETTER A WITH MACRON AND A LONGER TAIL OF WORDS")]])
+    return four_examples(tmp_path_factory.mktemp("data") / "four.jsonl")
 
 
 def single_process(tiny_llama, four, out: Path) -> dict:
