@@ -4,12 +4,13 @@ Below every command line (``finetune.run``, ``finetune.data stats --recipe``), s
 """
 from __future__ import annotations
 
+import json
 import runpy
 import traceback
 from pathlib import Path
 
 from .overrides import apply_overrides
-from .recipe import Recipe, RecipeError
+from .recipe import Recipe, RecipeError, recipe_from_dict
 
 __all__ = ["load_recipe"]
 
@@ -17,7 +18,9 @@ __all__ = ["load_recipe"]
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Run a recipe file and return its module-level ``recipe`` with ``overrides`` applied.
 
-    The file is Python: only run recipe files you trust.
+    The file is Python: only run recipe files you trust. A run folder's ``recipe.json`` is read as data instead
+    (what a run was trained with, so ``python -m finetune.run runs/X/recipe.json training.output_dir=runs/X
+    --resume`` continues it without its recipe file).
 
     Raises:
         RecipeError: when the file is missing, raises (the message gives its line), or defines no ``Recipe``
@@ -29,6 +32,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
                           "folder is resumed with --resume, checked with finetune.check).")
     if not path.is_file():
         raise RecipeError(f"Recipe file {path} not found; recipes live in recipes/, e.g. recipes/smollm2_lora.py")
+    if path.suffix == ".json":
+        return apply_overrides(_recipe_json(path), list(overrides))
     try:
         namespace = runpy.run_path(str(path))
     except SyntaxError as err:
@@ -40,6 +45,16 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if not isinstance(recipe, Recipe):
         raise RecipeError(f"{path} must define `recipe = Recipe(...)` at module level (found {type(recipe).__name__}).")
     return apply_overrides(recipe, list(overrides))
+
+
+def _recipe_json(path: Path) -> Recipe:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return recipe_from_dict(record)
+    except ValueError as err:  # bad JSON, or a field a Recipe refuses (RecipeError is a ValueError)
+        raise RecipeError(f"{path}: {err}") from None
+    except (KeyError, TypeError) as err:
+        raise RecipeError(f"{path} is not a run's recipe.json ({type(err).__name__}: {err}).") from None
 
 
 def _line_in(path: Path, err: BaseException) -> str:

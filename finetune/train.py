@@ -14,7 +14,7 @@ from typing import Optional
 from transformers import set_seed
 
 from .build import build_trainer, make_collator, method_model, run_arguments, skeleton, training_arguments
-from .data import LabelAudit, build_datasets, plain_messages, show_example
+from .data import LabelAudit, build_datasets, example_spans, plain_messages, show_example
 from .evaluation import BeforeAfter
 from .methods import count_parameters, get_method
 from .models import resolve_model
@@ -22,8 +22,10 @@ from .recipe import Recipe, check_settings_agree
 from .runs import (
     GracefulStop,
     MarkComplete,
+    RunStatus,
     check_free_space,
     expected_bytes,
+    latest_checkpoint,
     open_run_folder,
     save_or_rescue,
     write_best,
@@ -47,6 +49,9 @@ class RunResult:
     interrupted: bool = False
     model: object = None
     """The trained model in memory (what was saved), for use without reloading."""
+    preview: Optional[dict] = None
+    """A dry run's findings: the label audit, the first examples split into masked and supervised text, the
+    template and its check, the trainable parameters (what the web app's data preview shows)."""
 
 
 def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
@@ -69,8 +74,11 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
     # and ZeRO-3 and FSDP load the model sharded only when they exist.
     args = run_arguments(recipe, Path(recipe.training.output_dir or "runs"), resolved.attention)
     folder = open_run_folder(recipe, resume, dry_run, resume_weights_only)
+    status = RunStatus(folder.path, enabled=folder.claimed)  # status.json: what the web app lists runs by
     try:
         args.output_dir, output_dir = str(folder.path), folder.path
+        if not dry_run:
+            status.set("running")
 
         data = build_datasets(recipe.data, resolved.tokenizer, resolved.template, recipe.model.max_length,
                               recipe.training.seed)
@@ -93,7 +101,12 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
             logger.info("Dry run: %d train examples, %d tokens; trainable parameters %s of %s (%.3f%%); the run "
                         "would write to %s", audit.examples, audit.tokens, f"{trainable:,}", f"{total:,}",
                         100 * trainable / total, output_dir)
-            return RunResult(None)
+            return RunResult(None, preview={
+                "audit": audit.to_dict(), "warnings": audit.warnings(), "template": resolved.template.name,
+                "template_check": check.format(), "template_ok": check.ok, "trainable": trainable, "total": total,
+                "output_dir": str(output_dir), "examples": [example_spans(ids, labels, resolved.tokenizer)
+                                                            for ids, labels in zip(sample["input_ids"],
+                                                                                   sample["labels"])]})
 
         method = get_method(recipe.method.name)
         model = method_model(resolved.path, resolved.family, recipe.model, recipe.method)
@@ -102,7 +115,8 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
         needed = expected_bytes(model, args, whole_model=method.weights_in_run, tokenizer_dir=resolved.path)
         check_free_space(output_dir, needed)
         stop, tracking = GracefulStop(), tracking_callbacks(recipe, audit, output_dir)
-        trainer = build_trainer(recipe, resolved, model, data, args, [stop, MarkComplete(), *tracking], folder.record)
+        trainer = build_trainer(recipe, resolved, model, data, args, [stop, MarkComplete(), status, *tracking],
+                                folder.record)
         if trainer.is_world_process_zero():  # every file of the run folder is written by one process
             (output_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2))
         held_out = None
@@ -113,9 +127,12 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
         trainer.train(resume_from_checkpoint=str(folder.checkpoint) if folder.checkpoint else None)
         if stop.received:
             _finish(trainer, tracking, output_dir)
-            logger.warning("Stopped by %s at step %d; checkpoint saved in %s. Resume with:\n  python -m finetune.run "
-                           "RECIPE training.output_dir=%s --resume", stop.received, trainer.state.global_step,
-                           output_dir, output_dir)
+            # The recipe the checkpoint was written with: resuming needs neither the recipe file nor its path.
+            resume_command = (f"python -m finetune.run {latest_checkpoint(output_dir)}/recipe.json "
+                              f"training.output_dir={output_dir} --resume")
+            status.set("stopped", error=f"stopped by {stop.received}", resume=resume_command)
+            logger.warning("Stopped by %s at step %d; checkpoint saved in %s. Resume with:\n  %s", stop.received,
+                           trainer.state.global_step, output_dir, resume_command)
             return RunResult(output_dir, interrupted=True)
         trainer.divergence.finish(trainer.state.global_step)  # a run too short for the guard's patience
         save_or_rescue(trainer.save_model, output_dir)
@@ -128,8 +145,12 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
         # Without accelerate's mixed-precision forward wrapper: the model as a user would load it from the run folder.
         result.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
         _finish(trainer, tracking, output_dir)  # last, so the after-training eval reaches the trackers
+        status.set("finished", eval_loss_before=result.eval_loss_before, eval_loss_after=result.eval_loss_after)
         logger.info("Saved to %s (report: %s)", output_dir, output_dir / "report.html")
         return result
+    except BaseException as err:
+        status.failed(err)
+        raise
     finally:
         folder.release()  # the run is over, whichever way it ended
 

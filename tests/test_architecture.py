@@ -18,7 +18,7 @@ LAYERS = [
     ("training", ["training"]),
     ("methods, evaluation", ["methods", "evaluation"]),
     ("workflows", ["train", "build", "inference", "evaluate", "merge", "chat", "convert", "export", "report",
-                   "template_check"]),
+                   "template_check", "serve"]),
     ("command lines", ["run", "data.__main__", "check"]),
 ]
 

@@ -1,6 +1,7 @@
 """Interruption and resume, incomplete checkpoints, and the non-finite loss guard, on a tiny model."""
 import dataclasses
 import os
+import re
 import shutil
 import signal
 
@@ -9,6 +10,8 @@ import torch
 
 from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
 from finetune.errors import RunFolderError
+from finetune.run import main as run_main
+from finetune.runs import read_status
 from finetune.runs.checkpoints import COMPLETE, latest_checkpoint
 from finetune.train import train
 from finetune.training.divergence import TrainingDiverged
@@ -51,11 +54,16 @@ def test_sigterm_saves_a_checkpoint_and_resume_matches_the_uninterrupted_run(
     assert stopped.interrupted
     assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint-3"
     monkeypatch.setattr(train_module, "GracefulStop", original)
+    status = read_status(tmp_path / "resumed")
+    assert (status["state"], status["step"], status["max_steps"]) == ("stopped", 3, 6)
 
-    resumed = train(recipe(tiny_llama, alpaca_file, tmp_path / "resumed"), resume=True)
-    assert not resumed.interrupted
+    # The resume command the run printed and recorded, run as given: the recipe comes from the run's recipe.json.
+    command = status["resume"].split()
+    assert command[:3] == ["python", "-m", "finetune.run"] and command[3].endswith("recipe.json")
+    assert run_main(command[3:]) == 0
+    assert read_status(tmp_path / "resumed")["state"] == "finished"
     for name, value in adapter(full.output_dir).items():
-        assert torch.allclose(value, adapter(resumed.output_dir)[name], atol=1e-6), name
+        assert torch.allclose(value, adapter(tmp_path / "resumed")[name], atol=1e-6), name
 
 
 def test_a_checkpoint_interrupted_while_saving_is_skipped(tiny_llama, alpaca_file, tmp_path):
@@ -86,3 +94,5 @@ def test_non_finite_loss_stops_with_step_lines_and_advice(tiny_llama, alpaca_fil
     diverged = r"at step \d+: the (loss|gradient norm) is (nan|inf).*lines \[\d+.*learning_rate"
     with pytest.raises(TrainingDiverged, match=diverged):
         train(bad)
+    status = read_status(bad.training.output_dir)
+    assert status["state"] == "failed" and re.search(diverged, status["error"])

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .tokenize import IGNORE_INDEX
 
-__all__ = ["LabelAudit"]
+__all__ = ["LabelAudit", "example_spans", "show_example"]
 
 
 @dataclass
@@ -72,25 +72,25 @@ class LabelAudit:
         return "\n".join(lines + [f"  warning: {note}" for note in self.warnings()])
 
 
+def example_spans(input_ids: list[int], labels: list[int], tokenizer) -> list[tuple[str, bool]]:
+    """One example as consecutive ``(text, supervised)`` spans: what the loss sees and what it does not."""
+    spans, run, run_supervised = [], [], None
+    for token, label in zip(input_ids, labels):
+        supervised = label != IGNORE_INDEX
+        if run and supervised != run_supervised:
+            spans.append((tokenizer.decode(run), run_supervised))
+            run = []
+        run.append(token)
+        run_supervised = supervised
+    if run:
+        spans.append((tokenizer.decode(run), run_supervised))
+    return spans
+
+
 def show_example(input_ids: list[int], labels: list[int], tokenizer, width: int = 1200) -> str:
     """Decode one example with its masked context and supervised spans marked.
 
     Supervised spans are wrapped in ``[[`` ``]]``; everything outside them has label -100.
     """
-    out, run, run_supervised = [], [], None
-    for token, label in zip(input_ids, labels):
-        supervised = label != IGNORE_INDEX
-        if run and supervised != run_supervised:
-            out.append(_span(tokenizer, run, run_supervised))
-            run = []
-        run.append(token)
-        run_supervised = supervised
-    if run:
-        out.append(_span(tokenizer, run, run_supervised))
-    text = "".join(out)
+    text = "".join(f"[[{t}]]" if supervised else t for t, supervised in example_spans(input_ids, labels, tokenizer))
     return text if len(text) <= width else text[: width // 2] + " … " + text[-width // 2:]
-
-
-def _span(tokenizer, ids: list[int], supervised: bool) -> str:
-    text = tokenizer.decode(ids)
-    return f"[[{text}]]" if supervised else text

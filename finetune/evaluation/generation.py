@@ -10,7 +10,17 @@ from ..conversation import prompt_messages
 from ..data.tokenize import Encoder
 from ..training import PaddingCollator
 
-__all__ = ["generate", "prompt_messages"]
+__all__ = ["generate", "generation_settings", "prompt_messages"]
+
+
+def generation_settings(tokenizer, encoder: Encoder, max_new_tokens: int, **generate_kwargs) -> dict:
+    """``generate``'s keyword arguments for answers in the trained format: greedy unless ``do_sample``, ending at
+    the template's end-of-turn tokens (Gemma's ``<end_of_turn>``, not only EOS)."""
+    kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
+              "eos_token_id": encoder.stop_ids or tokenizer.eos_token_id, **generate_kwargs}
+    if not kwargs["do_sample"]:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
 
 
 @torch.no_grad()
@@ -30,10 +40,7 @@ def generate(model, tokenizer, template, conversations: Sequence[list[dict]], ma
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
-              "eos_token_id": encoder.stop_ids or tokenizer.eos_token_id, **generate_kwargs}
-    if not kwargs["do_sample"]:
-        kwargs.update(temperature=None, top_p=None, top_k=None)
+    kwargs = generation_settings(tokenizer, encoder, max_new_tokens, **generate_kwargs)
     answers = []
     starts = range(0, len(conversations), batch_size)
     for start in tqdm(starts, desc="Generating", disable=not progress or len(starts) < 2):
