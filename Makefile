@@ -13,8 +13,10 @@ MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
 ACCELERATE_CONFIG ?=
 PORT ?= 6006
+UI_PORT ?= 7860
+SERVE_PORT ?= 8000
 
-.PHONY: install demo demo-ptuning demo-qlora train train-ddp train-accelerate dashboard report bench gpu-check gpu-wheels test test-slow test-avx2 verify-gguf quality style clean
+.PHONY: install demo demo-ptuning demo-qlora train train-ddp train-accelerate dashboard ui serve report bench gpu-check gpu-wheels test test-slow test-avx2 verify-gguf quality style clean
 
 install: $(VENV)/.installed
 
@@ -53,6 +55,12 @@ train-accelerate: install  ## the same through accelerate: make train-accelerate
 
 dashboard: install  ## TensorBoard over every run in runs/ (training.report_to=tensorboard or all), localhost only
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1 --port $(PORT)
+
+ui: install  ## the web app: prepare, launch, watch, compare, chat with and export runs (http://127.0.0.1:7860)
+	$(PY) -m finetune.ui --port $(UI_PORT) $(ARGS)
+
+serve: install  ## an OpenAI-compatible server for a run: make serve RUN=runs/smollm2_lora-... (port 8000)
+	$(PY) -m finetune.serve $(if $(RUN),$(RUN),$$(ls -td runs/*/ | head -1)) --port $(SERVE_PORT) $(ARGS)
 
 report: install  ## rebuild reports: make report RUNS="runs/a-... runs/b-..." (several runs -> one comparison)
 	$(PY) -m finetune.report $(RUNS)

@@ -24,6 +24,17 @@ __all__ = [
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DATA_FORMATS = ("alpaca", "adgen", "sharegpt", "firefly", "messages", "text", "prompt_completion")
+CHOICES = {
+    "model.dtype": DTYPES,
+    "model.rope_scaling": ("linear", "dynamic"),
+    "model.quantization.quant_type": ("nf4", "fp4"),
+    "model.quantization.compute_dtype": DTYPES,
+    "data.format": DATA_FORMATS,
+    "data.batching": ("auto", "padded", "padding_free", "group_by_length"),
+    "data.overlong": ("truncate", "drop", "error"),
+    "data.thinking": ("auto", "keep", "drop"),
+}
+"""The fields that take one of a few words, and those words (checked here; offered as choices by the web app)."""
 
 
 class RecipeError(UserError, ValueError):
@@ -46,8 +57,8 @@ class QuantSpec:
 
     def __post_init__(self):
         check_types(self)
-        _check_choice("model.quantization.quant_type", self.quant_type, ("nf4", "fp4"))
-        _check_choice("model.quantization.compute_dtype", self.compute_dtype, DTYPES)
+        _check_choice("model.quantization.quant_type", self.quant_type)
+        _check_choice("model.quantization.compute_dtype", self.compute_dtype)
         if self.compute_dtype == "float16" and not self.allow_float16:
             raise RecipeError("model.quantization.compute_dtype=float16 with a 4-bit base is known to drive the "
                               "loss to 0 or NaN; use bfloat16 (GPUs since Ampere) or float32, or set "
@@ -84,11 +95,11 @@ class ModelSpec:
 
     def __post_init__(self):
         check_types(self)
-        _check_choice("model.dtype", self.dtype, DTYPES)
+        _check_choice("model.dtype", self.dtype)
         if self.max_length < 8:
             raise RecipeError(f"model.max_length={self.max_length} is too small; use at least 8 tokens.")
         if self.rope_scaling is not None:
-            _check_choice("model.rope_scaling", self.rope_scaling, ("linear", "dynamic"))
+            _check_choice("model.rope_scaling", self.rope_scaling)
             if self.rope_factor <= 1.0:
                 raise RecipeError(f"model.rope_factor={self.rope_factor} must be > 1 when rope_scaling is set.")
 
@@ -152,10 +163,10 @@ class DataSpec:
 
     def __post_init__(self):
         check_types(self)
-        _check_choice("data.format", self.format, DATA_FORMATS)
-        _check_choice("data.batching", self.batching, ("auto", "padded", "padding_free", "group_by_length"))
-        _check_choice("data.overlong", self.overlong, ("truncate", "drop", "error"))
-        _check_choice("data.thinking", self.thinking, ("auto", "keep", "drop"))
+        _check_choice("data.format", self.format)
+        _check_choice("data.batching", self.batching)
+        _check_choice("data.overlong", self.overlong)
+        _check_choice("data.thinking", self.thinking)
         if isinstance(self.columns, str):  # from a command-line override
             object.__setattr__(self, "columns", _parse_columns(self.columns))
         if self.num_proc < 0:
@@ -455,7 +466,8 @@ def check_types(spec) -> None:
                               f"{' (no quotes)' if isinstance(value, str) else ''}.")
 
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+def _check_choice(key: str, value: str) -> None:
+    choices = CHOICES[key]
     if value not in choices:
         raise RecipeError(f"{key}={value!r} is not one of {', '.join(choices)}{suggest_names(value, choices)}")
 

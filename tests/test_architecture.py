@@ -19,7 +19,7 @@ LAYERS = [
     ("methods, evaluation", ["methods", "evaluation"]),
     ("workflows", ["train", "build", "inference", "evaluate", "merge", "chat", "convert", "export", "report",
                    "template_check", "serve"]),
-    ("command lines", ["run", "data.__main__", "check"]),
+    ("command lines", ["run", "data.__main__", "check", "ui"]),
 ]
 
 

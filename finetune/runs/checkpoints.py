@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import signal
 import time
 from pathlib import Path
@@ -16,18 +15,12 @@ from typing import Optional
 
 from transformers import TrainerCallback
 
-from ..errors import CorruptFileError, check_safetensors_in
+from .files import CLAIM, COMPLETE, latest_checkpoint, latest_run_dir
 
 __all__ = ["GracefulStop", "MarkComplete", "latest_checkpoint", "latest_run_dir", "missing_state", "write_best",
            "CLAIM", "COMPLETE"]
 
 logger = logging.getLogger(__name__)
-COMPLETE = "COMPLETE"
-CLAIM = ".finetune-claim"
-"""Created exclusively (``O_EXCL``) inside a run folder by the process that trains there, holding its pid, for the
-run's life: checking that a folder is empty and then using it are two steps, and two runs started together with the
-same ``training.output_dir`` both passed the check (their ``logs.jsonl`` interleaved). A claim whose process is gone
-(killed) is taken over (``runs/folder.py``)."""
 
 
 class GracefulStop(TrainerCallback):
@@ -112,33 +105,6 @@ class MarkComplete(TrainerCallback):
             logger.warning("%s lacks %s: not marked complete, a resume will not use it.", folder, ", ".join(missing))
             return
         (folder / COMPLETE).write_text(f"step {state.global_step}\n")
-
-
-def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
-    """The newest checkpoint of ``run_dir`` that finished saving and whose weights are whole (others are skipped,
-    with a warning: a marked checkpoint can still be damaged later, by a copy cut short)."""
-    folders = sorted((p for p in Path(run_dir).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
-                     key=lambda p: int(p.name.split("-")[1]), reverse=True)
-    for folder in folders:
-        if not (folder / COMPLETE).exists():
-            logger.warning("Skipping %s: it was not completely written (interrupted while saving?).", folder)
-            continue
-        try:
-            check_safetensors_in(folder)
-        except CorruptFileError as err:
-            logger.warning("Skipping %s: %s", folder, err)
-            continue
-        return folder
-    return None
-
-
-def latest_run_dir(name: str, root: str | Path = "runs") -> Optional[Path]:
-    """The most recent ``runs/<name>-<timestamp>[-n]`` folder (``-n``: a later run started in the same second).
-    Empty folders are passed over: a run that stopped on bad data leaves its claimed folder empty."""
-    pattern = re.compile(re.escape(name) + r"-(\d{8}-\d{6})(?:-(\d+))?")
-    runs = [(match.group(1), int(match.group(2) or 1), p) for p in Path(root).glob(f"{name}-*")
-            if (match := pattern.fullmatch(p.name)) and any(f.name != CLAIM for f in p.iterdir())]
-    return max(runs)[2] if runs else None
 
 
 def write_best(trainer, output_dir: Path) -> None:

@@ -1,8 +1,8 @@
 """``status.json``: what a run is doing, written by the run itself for whoever looks at its folder later.
 
 The web app lists runs from their folders alone (it may have been closed while they trained, or they were started
-from a shell), so each run says whether it is running, finished, stopped with a checkpoint, or failed and why.
-A ``running`` record whose process is gone (killed, out of memory) reads as failed.
+from a shell), so each run says whether it is running, finished, stopped with a checkpoint, or failed and why
+(read back by ``files.read_status``).
 """
 from __future__ import annotations
 
@@ -10,15 +10,13 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 from transformers import TrainerCallback
 
-from .checkpoints import CLAIM, latest_checkpoint
+from .files import STATUS_FILE
 
-__all__ = ["STATUS_FILE", "RunStatus", "read_status", "STATES"]
+__all__ = ["RunStatus", "STATES"]
 
-STATUS_FILE = "status.json"
 STATES = ("running", "finished", "stopped", "failed")
 
 
@@ -59,46 +57,3 @@ class RunStatus(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.set(self.record.get("state", "running"), step=state.global_step)
-
-
-def read_status(folder: str | Path) -> dict:
-    """What ``folder``'s run is doing: its ``status.json``, with a dead ``running`` process read as failed.
-
-    A folder without one (a run older than the file, or not started yet) is judged by what it holds.
-    """
-    folder = Path(folder)
-    try:
-        record = json.loads((folder / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        record = _judged_by_files(folder)
-    if record.get("state") == "running" and not _running(folder, record.get("pid")):
-        record = {**record, "state": "failed",
-                  "error": f"the process ({record.get('pid')}) ended without saying why (killed, or out of memory)"}
-    return record
-
-
-def _running(folder: Path, pid: Optional[int]) -> bool:
-    """Whether process ``pid`` still holds the folder's claim (a recycled pid does not hold the claim)."""
-    try:
-        holder = int((folder / CLAIM).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return False
-    if pid is not None and holder != pid:
-        return False
-    try:
-        os.kill(holder, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _judged_by_files(folder: Path) -> dict:
-    if (folder / CLAIM).exists():
-        return {"state": "running"}
-    if (folder / "samples.json").exists() or any(folder.glob("*.safetensors")):
-        return {"state": "finished"}
-    if folder.is_dir() and latest_checkpoint(folder) is not None:
-        return {"state": "stopped"}
-    return {"state": "failed", "error": "no weights and no checkpoint in the folder"}
