@@ -193,7 +193,7 @@ def test_demo_recipe_prepared_previewed_launched_watched_chatted_with_and_export
     assert (gguf.parent / f"{run}-f16.Modelfile").exists()
 
 
-def test_stop_resume_busy_folder_and_comparison_from_the_page(page, project):
+def test_stop_resume_busy_folder_comparison_and_reopening(page, project):
     open_recipe(page, "recipes/smollm2_lora.py")
     # Short steps (2 examples), so stopping, resuming and finishing take seconds, not minutes.
     for key, value in {"training.max_steps": "16", "training.per_device_train_batch_size": "2",
@@ -229,6 +229,15 @@ def test_stop_resume_busy_folder_and_comparison_from_the_page(page, project):
     page.locator("#compare").scroll_into_view_if_needed()
     shot(page, "compare")
 
+    # Another app over the same folder (the first closed and reopened) finds the runs the first one launched.
+    process, url, _ = start_ui(project)
+    try:
+        again = {r["name"]: r["state"] for r in httpx.get(url + "/api/runs").json()}
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert again[run] == "finished" and set(runs) <= set(again)
+
 
 def test_save_as_recipe_writes_a_recipe_the_command_line_loads(page, project):
     open_recipe(page, "recipes/smollm2_lora.py")
@@ -248,6 +257,7 @@ def test_save_as_recipe_writes_a_recipe_the_command_line_loads(page, project):
 
 def test_other_origins_paths_outside_and_missing_tokens_are_refused(ui, project):
     body = {"recipe": "recipes/smollm2_lora.py", "overrides": ["training.max_steps=1"]}
+    httpx.post(ui + "/api/validate", json=body, timeout=120)  # (waits for the app's background import)
     other = httpx.post(ui + "/api/launch", json=body, headers={"Origin": "https://evil.example"})
     assert other.status_code == 403 and "another origin" in other.json()["error"]["message"]
     assert httpx.post(ui + "/api/launch", json=body, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
@@ -268,6 +278,21 @@ def test_other_origins_paths_outside_and_missing_tokens_are_refused(ui, project)
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_a_run_that_fails_shows_its_error_line(ui):
+    launched = httpx.post(ui + "/api/launch", json={"recipe": "recipes/smollm2_lora.py",
+                                                     "overrides": ["data.train=data/unicode_names/missing.jsonl"]},
+                          timeout=120)  # the first request that needs transformers waits for its import
+    run = launched.json()["run"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        row = next(r for r in httpx.get(ui + "/api/runs").json() if r["name"] == run)
+        if row["state"] not in ("starting", "running"):
+            break
+        time.sleep(1)
+    assert row["state"] == "failed" and "missing.jsonl" in row["error"], row
+    assert len(row["error"].splitlines()) == 1
 
 
 def test_another_host_needs_a_token_and_the_app_starts_without_torch(project):
