@@ -42,7 +42,9 @@ WHEELS = ROOT / ".whl"
 NEEDED = ("datasets", "matplotlib", "bitsandbytes")  # beyond torch, transformers, peft and accelerate
 # Those three and what they need that such an image lacks, at the versions installed here.
 WHEEL_PACKAGES = ("datasets", "dill", "multiprocess", "xxhash", "fsspec", "matplotlib", "contourpy", "cycler",
-                  "fonttools", "kiwisolver", "pyparsing", "bitsandbytes")
+                  "fonttools", "kiwisolver", "pyparsing", "bitsandbytes",
+                  # the OpenAI-compatible server's request model (finetune.serve)
+                  "pydantic", "pydantic_core", "annotated_types", "typing_inspection")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64")
 
@@ -190,6 +192,34 @@ def check_methods(models: dict, data: Path, work: Path, steps: int) -> list[dict
             "saved": saved.name, "saved_dtypes": dtypes,
             "ok": all(map(math.isfinite, losses)) and falls and dtypes == ["torch.float32"]})
     return results
+
+
+def check_serving(runs: Path, device: str) -> dict:
+    """``finetune.serve`` on the device: the LoRA run trained above loads onto it and answers an OpenAI request
+    greedily as ``generate`` does; the streamed chunks (a generation thread feeding a streamer) add up to the same
+    text, and a stop string cuts it. FastAPI is not needed for this: its routes only wrap these two calls."""
+    if importlib.util.find_spec("pydantic") is None:
+        return {"skipped": "pydantic is not installed (make gpu-wheels carries it)"}
+    from finetune.evaluation import generate
+    from finetune.serve import ChatRequest, RunPool, complete, events
+
+    pool = RunPool.of_run(runs / "llama-lora", "gpu-run")
+    messages = [{"role": "user", "content": "Hello"}]
+    request = ChatRequest(model="gpu-run", messages=messages, max_tokens=12)
+    whole = complete(pool, request)["choices"][0]["message"]["content"]
+    served = pool.get("gpu-run")
+    expected = generate(served.run.model, served.run.tokenizer, served.run.template, [messages], 12, progress=False)[0]
+    meta = {"id": "check", "created": 0, "model": "gpu-run"}
+    sent = events(served, request, served.prompt(request), served.settings(request), meta)
+    chunks = [json.loads(e.removeprefix("data: ")) for e in sent if e.startswith("data: {")]
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    stop = whole[len(whole) // 2:len(whole) // 2 + 2]
+    cut = complete(pool, ChatRequest(model="gpu-run", messages=messages, max_tokens=12, stop=[stop]))
+    cut_text = cut["choices"][0]["message"]["content"]
+    on = str(next(served.run.model.parameters()).device)
+    return {"device": on, "answer": whole, "streamed": streamed, "stop": stop, "cut": cut_text,
+            "ok": bool(whole) and whole == expected == streamed and on.startswith(device)
+            and cut_text == whole[:whole.find(stop)].rstrip()}
 
 
 # ---------------------------------------------------------------- 2. kernels on the device
@@ -380,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
               "missing_packages": still_missing}
     report["matmul_peak_gflops"] = peak = matmul_peak(args.device)
     stages = {"methods": lambda: check_methods(models, data, work / "runs", args.steps or (3 if args.smoke else 8)),
+              "serving": lambda: check_serving(work / "runs", args.device),
               "kernels": lambda: check_kernels(args.device, models["llama"], tokenizer),
               "throughput": lambda: check_throughput(args.device, work, args.smoke, peak)}
     for name, stage in stages.items():
@@ -393,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     report["seconds"] = round(time.perf_counter() - started, 1)
     methods = report["methods"] if isinstance(report["methods"], list) else []
     report["ok"] = (bool(methods) and all(m.get("ok", True) for m in methods)
+                    and report["serving"].get("ok", "skipped" in report["serving"]) is True
                     and not any(isinstance(report[s], dict) and "error" in report[s] for s in stages))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -409,6 +441,7 @@ def summary(report: dict) -> str:
         state = "skipped: " + m["skipped"] if "skipped" in m else ("ok" if m["ok"] else "FAILED " + m.get(
             "message", f"eval {m.get('eval_loss_before')} -> {m.get('eval_loss_after')}, {m.get('saved_dtypes')}"))
         lines.append(f"  {m['family']:<6} {m['method']:<28} {state}")
+    lines.append(f"  serving: {json.dumps(report.get('serving'), default=str)[:300]}")
     lines.append(f"  kernels: {json.dumps(report['kernels'], default=str)[:600]}")
     for t in report["throughput"] if isinstance(report["throughput"], list) else [report["throughput"]]:
         lines.append(f"  throughput: {json.dumps(t, default=str)[:300]}")

@@ -11,6 +11,7 @@ from typing import Optional
 from .errors import check_safetensors_in
 from .methods import get_method
 from .models import Family, load_model, resolve_model
+from .models.loading import quantized_device
 from .recipe import Recipe, recipe_from_dict
 from .templates import template_from_dict
 
@@ -57,4 +58,6 @@ def load_run(run_dir: str | Path, base: bool = False, dtype: Optional[str] = Non
     model = load_model(run_dir if method.weights_in_run and not base else resolved.path, resolved.family, recipe.model)
     if not base:
         model = method.load(model, run_dir)
+    if recipe.model.quantization is None:  # a 4-bit base was built on its device already
+        model = model.to(quantized_device())  # the GPU when there is one: chat, evaluate and serve run there
     return LoadedRun(model.eval(), resolved.tokenizer, template, recipe, run_dir, resolved.path, resolved.family)

@@ -55,7 +55,8 @@ def merge_run(run_dir: str | Path, out: str | Path, dtype: str | None = None, ov
     if dtype is not None:
         dtype_spec = _with_dtype(spec, dtype)
     base = load_model(trained.base_path, trained.family, dtype_spec, quantize=False)
-    merged = PeftModel.from_pretrained(base, run_dir).merge_and_unload().eval()
+    # On the device the trained model answers on (a run loads onto the GPU when there is one): one kind of kernel.
+    merged = PeftModel.from_pretrained(base, run_dir).merge_and_unload().eval().to(_device(trained.model))
 
     probe = trained.tokenizer(PROBE, return_tensors="pt")
     with torch.no_grad():

@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict
 
 from .errors import UsageError, UserError, add_verbose_flag, guarded
 
-__all__ = ["ChatRequest", "RunPool", "create_app", "openai_router", "request_guard", "require_web", "main"]
+__all__ = ["ChatRequest", "RunPool", "Served", "complete", "events", "create_app", "openai_router", "request_guard",
+           "require_web", "main"]
 
 logger = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 256
@@ -178,7 +179,7 @@ def openai_router(pool: RunPool):
     @router.post("/chat/completions")
     def chat_completions(request: ChatRequest):
         try:
-            return _complete(pool, request)
+            return complete(pool, request)
         except APIError as err:
             return err.response()
         except UserError as err:  # the run cannot be loaded (a damaged file): its one-line message
@@ -187,7 +188,8 @@ def openai_router(pool: RunPool):
     return router
 
 
-def _complete(pool: RunPool, request: ChatRequest):
+def complete(pool: RunPool, request: ChatRequest):
+    """Answer ``request``: OpenAI's ``chat.completion`` body, or a streaming response of :func:`events`."""
     if request.n != 1:
         raise APIError(400, "n must be 1: one answer per request.", "n")
     served = pool.get(request.model)
@@ -197,7 +199,7 @@ def _complete(pool: RunPool, request: ChatRequest):
     if request.stream:
         from fastapi.responses import StreamingResponse
 
-        return StreamingResponse(_events(served, request, ids, settings, meta), media_type="text/event-stream")
+        return StreamingResponse(events(served, request, ids, settings, meta), media_type="text/event-stream")
     with served.lock:
         new = served.generate(request, ids, settings)
     text = served.run.tokenizer.decode(new, skip_special_tokens=True).strip()
@@ -208,7 +210,7 @@ def _complete(pool: RunPool, request: ChatRequest):
             "usage": _usage(ids, new)}
 
 
-def _events(served: Served, request: ChatRequest, ids: list[int], settings: dict, meta: dict) -> Iterator[str]:
+def events(served: Served, request: ChatRequest, ids: list[int], settings: dict, meta: dict) -> Iterator[str]:
     """Server-sent events as OpenAI streams them: a role chunk, content chunks, the finish reason, ``[DONE]``."""
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 

@@ -2,7 +2,7 @@
 
 On CPU this proves the code path, not GPU numbers: every method trains in bf16 (this CPU's autocast), the kernel
 parity numbers are within the tolerances tests/test_precision.py states, and the throughput stage times LoRA,
-QLoRA and full fine-tuning.
+QLoRA and full fine-tuning; a trained run answers through the OpenAI-compatible server's generation.
 """
 import json
 import subprocess
@@ -30,6 +30,8 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert ("llama", "qlora") in methods and ("glm", "ptuning") in methods
     for m in methods.values():
         assert m["eval_loss_after"] < m["eval_loss_before"] and m["saved_dtypes"] == ["torch.float32"]
+    serving = report["serving"]  # the OpenAI-compatible server's generation on the device
+    assert serving["ok"] and serving["device"] == "cpu" and serving["answer"] == serving["streamed"] != ""
     kernels = report["kernels"]
     assert kernels["chunked_loss_bf16_vs_fp32"]["loss_relative"] < 1e-2
     assert kernels["sdpa_packed_bf16"]["loss_relative_to_fp32"] < 1e-2

@@ -281,9 +281,9 @@ def test_other_origins_paths_outside_and_missing_tokens_are_refused(ui, project)
 
 
 def test_a_run_that_fails_shows_its_error_line(ui):
-    launched = httpx.post(ui + "/api/launch", json={"recipe": "recipes/smollm2_lora.py",
-                                                     "overrides": ["data.train=data/unicode_names/missing.jsonl"]},
-                          timeout=120)  # the first request that needs transformers waits for its import
+    body = {"recipe": "recipes/smollm2_lora.py", "overrides": ["data.train=data/unicode_names/missing.jsonl"]}
+    # (the first request that needs transformers waits for the app's import of it)
+    launched = httpx.post(ui + "/api/launch", json=body, timeout=120)
     run = launched.json()["run"]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -251,7 +251,8 @@ def _with_rope(model, spec: ModelSpec):
 
 
 def quantized_device() -> str:
-    """Where a 4-bit model must be built (bitsandbytes quantises on the device it loads to).
+    """This process's device: where a 4-bit model must be built (bitsandbytes quantises on the device it loads
+    to), and where a loaded run answers (``finetune.inference.load_run``).
 
     Under torchrun this is the process's own GPU, ``cuda:LOCAL_RANK``: the model is loaded before the Trainer
     sets the current device, so ``torch.cuda.current_device()`` would put every rank on GPU 0.
