@@ -159,6 +159,7 @@ def test_demo_recipe_prepared_previewed_launched_watched_chatted_with_and_export
     supervised = page.locator(".example .supervised")
     assert supervised.count() == 5  # one answer per previewed example, highlighted
     assert supervised.first.text_content().endswith("<|im_end|>")  # the end of turn is trained
+    page.locator("#preview h3").scroll_into_view_if_needed()
     shot(page, "recipes")
 
     run = launch(page)

@@ -210,8 +210,13 @@ function lineChart(container, title, named, points = false) {
     title, width: Math.max(420, container.clientWidth - 10), height: 220, scales: {x: {time: false}},
     series: [{label: "step"}, ...named.map(([label], i) => ({label, stroke: colours[i % colours.length], spanGaps: true,
       width: 2, points: {show: points || xs.length < 20}}))],
-    axes: [{label: "step"}, {}],
+    axes: [{label: "step"}, {values: (u, ticks) => ticks.map(formatTick)}],
   }, [xs, ...columns], container);
+}
+
+function formatTick(value) {
+  // uPlot's default rounds 2e-4 and 5e-4 both to "0.001": small values (learning rates) in exponent form.
+  return value !== 0 && Math.abs(value) < 0.01 ? value.toExponential(1) : String(+value.toPrecision(4));
 }
 
 async function refreshDetail() {
