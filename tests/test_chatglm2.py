@@ -20,7 +20,7 @@ from finetune.convert import main as convert_main
 from finetune.models.chatglm2 import (
     ChatGLM2Tokenizer,
     CheckpointKeyError,
-    chatglm2_position_ids,
+    left_padded_position_ids,
     convert_config,
     convert_state_dict,
     is_chatglm2_checkpoint,
@@ -108,7 +108,7 @@ def test_left_padded_batch_matches_reference(checkpoint):
     mask = torch.ones_like(ids)
     mask[0, :4] = 0
     ids[0, :4] = 0  # pad = <unk>
-    positions = chatglm2_position_ids(mask)  # real tokens count from 0, as ChatGLM2's tokenizer gives them
+    positions = left_padded_position_ids(mask)  # real tokens count from 0, as ChatGLM2's tokenizer gives them
     assert positions[0].tolist() == [0] * 5 + list(range(1, 7)) and positions[1].tolist() == list(range(11))
     with torch.no_grad():
         logits = model(ids, attention_mask=mask, position_ids=positions).logits
