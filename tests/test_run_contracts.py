@@ -20,7 +20,8 @@ from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSp
 from finetune.data import build_datasets
 from finetune.errors import RunFolderError
 from finetune.models import Family, get_family, load_tokenizer, register_family, resolve_model
-from finetune.runs.checkpoints import COMPLETE, GracefulStop
+from finetune.runs.checkpoints import COMPLETE
+from finetune.runs.stopping import GracefulStop
 from finetune.templates import Template, get_template, register_template
 from finetune.train import train
 

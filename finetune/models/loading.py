@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UsageError, UserError, check_safetensors_in
+from ..errors import UsageError, UserError
 from ..precision import resolve_dtype
 from ..recipe import ModelSpec
+from ..safetensors_check import check_safetensors_in
 from .attention import resolve_attention
 from .embedded import embedded_model_path, is_embedded
 from .family import Family, detect_family, get_family
