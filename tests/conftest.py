@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import importlib
 import os
 import shutil
 import tempfile
@@ -28,6 +29,19 @@ def _isolate_cache() -> None:
     (session / "models").symlink_to(shared / "models", target_is_directory=True)
     os.environ["FINETUNE_CACHE"] = str(session)
     atexit.register(shutil.rmtree, session, ignore_errors=True)
+
+
+REGISTRIES = [("finetune.templates", "_REGISTRY"), ("finetune.models.family", "_REGISTRY"),
+              ("finetune.methods", "_REGISTRY"), ("finetune.recipe", "_METHOD_SPECS")]
+"""Every registry users extend (``register_…``), as (module, dict)."""
+
+
+@pytest.fixture()
+def registries(monkeypatch):
+    """What a test registers is gone after it: the test works on copies of every registry."""
+    for module, name in REGISTRIES:
+        module = importlib.import_module(module)
+        monkeypatch.setattr(module, name, dict(getattr(module, name)))
 
 
 @pytest.fixture(scope="session")

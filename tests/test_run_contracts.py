@@ -201,7 +201,7 @@ def test_sigterm_exits_130_with_a_checkpoint_and_the_resume_command(tiny_llama, 
     assert any((c / COMPLETE).exists() for c in (tmp_path / "run").glob("checkpoint-*"))
 
 
-def test_registered_template_and_family_are_used_by_name(tiny_llama, alpaca_file, tmp_path):
+def test_registered_template_and_family_are_used_by_name(tiny_llama, alpaca_file, tmp_path, registries):
     register_template(Template(name="qa_test", user="Q: {content}\nA: ", assistant="{content}{eos}"))
     register_family(dataclasses.replace(get_family("llama"), name="llama_test", model_types=("llama_test",),
                                         template="qa_test"))
@@ -213,6 +213,14 @@ def test_registered_template_and_family_are_used_by_name(tiny_llama, alpaca_file
     result = train(run)
     assert json.loads((result.output_dir / "template.json").read_text())["name"] == "qa_test"
     assert isinstance(get_family("llama_test"), Family)
+
+
+def test_registrations_are_undone_after_the_test_that_made_them():
+    """The test above registered into the global registries through the ``registries`` fixture."""
+    with pytest.raises(ValueError, match="Unknown template 'qa_test'"):
+        get_template("qa_test")
+    with pytest.raises(ValueError, match="Unknown model family 'llama_test'"):
+        get_family("llama_test")
 
 
 @pytest.mark.parametrize("argv, dry_run, resume", [
