@@ -19,11 +19,18 @@ __all__ = [
     "ModelSpec", "QuantSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec",
     "EvalSpec", "Recipe",
     "RecipeError", "check_settings_agree", "check_types", "recipe_to_dict", "recipe_from_dict", "resolved_batching",
-    "register_method_spec",
+    "register_format_name", "register_method_spec",
 ]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DATA_FORMATS = ("alpaca", "adgen", "sharegpt", "firefly", "messages", "text", "prompt_completion")
+"""The built-in record layouts (``finetune/data/formats.py``), known here before the data package loads."""
+_FORMAT_NAMES: dict[str, None] = dict.fromkeys(DATA_FORMATS)
+
+
+def register_format_name(name: str) -> None:
+    """Let ``data.format`` name a registered format (``finetune.data.formats.register_format`` calls this)."""
+    _FORMAT_NAMES[name] = None
 
 
 class RecipeError(UserError, ValueError):
@@ -105,7 +112,7 @@ class DataSpec:
     ``python -m finetune.data mix`` (N examples, or a share of the mix), seeded by ``training.seed``."""
     format: str = "alpaca"
     """Record layout: alpaca, adgen, sharegpt, firefly, messages, text or prompt_completion (see README, "Data
-    formats")."""
+    formats"), or one registered with ``finetune.data.formats.register_format``."""
     columns: Mapping[str, str] = field(default_factory=dict)
     """Field names as the data has them, ``{field of the format: column in the data}``, e.g. ``{"instruction":
     "question", "output": "answer"}`` (LLaMA-Factory's ``dataset_info`` columns). On the command line:
@@ -152,7 +159,7 @@ class DataSpec:
 
     def __post_init__(self):
         check_types(self)
-        _check_choice("data.format", self.format, DATA_FORMATS)
+        _check_choice("data.format", self.format, tuple(_FORMAT_NAMES))
         _check_choice("data.batching", self.batching, ("auto", "padded", "padding_free", "group_by_length"))
         _check_choice("data.overlong", self.overlong, ("truncate", "drop", "error"))
         _check_choice("data.thinking", self.thinking, ("auto", "keep", "drop"))

@@ -32,7 +32,9 @@ def _isolate_cache() -> None:
 
 
 REGISTRIES = [("finetune.templates", "_REGISTRY"), ("finetune.models.family", "_REGISTRY"),
-              ("finetune.methods", "_REGISTRY"), ("finetune.recipe", "_METHOD_SPECS")]
+              ("finetune.methods", "_REGISTRY"), ("finetune.recipe", "_METHOD_SPECS"),
+              ("finetune.data.formats", "_REGISTRY"), ("finetune.recipe", "_FORMAT_NAMES"),
+              ("finetune.data.sources", "_REGISTRY")]
 """Every registry users extend (``register_…``), as (module, dict)."""
 
 
