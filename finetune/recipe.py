@@ -234,9 +234,19 @@ class PTuningSpec:
             raise RecipeError(f"method.pre_seq_len={self.pre_seq_len} must be positive.")
 
 
-MethodSpec = Union[LoraSpec, FullSpec, PTuningSpec]
-"""The built-in methods' specs; any spec registered with ``finetune.methods.register_method`` is accepted too."""
+class MethodSpec(typing.Protocol):
+    """What every method's spec is: a frozen dataclass with these class attributes, the built-in ones above or any
+    registered with ``finetune.methods.register_method`` (a closed ``Union`` of the built-ins left those out)."""
 
+    name: typing.ClassVar[str]
+    """The method's name in ``recipe.json`` and in ``finetune.methods.get_method``."""
+    trains_base: typing.ClassVar[bool]
+    """Base weights train, so the base is loaded in fp32 (master weights) whatever model.dtype says."""
+    padding_free_attention: typing.ClassVar[Optional[tuple[str, ...]]]
+    """Attention kernels under which padding-free batches work; ``None``: any."""
+
+
+BUILT_IN_METHOD_SPECS = (LoraSpec, FullSpec, PTuningSpec)
 _METHOD_SPECS: dict[str, type] = {}
 
 
@@ -245,7 +255,7 @@ def register_method_spec(spec: type) -> None:
     _METHOD_SPECS[spec.name] = spec
 
 
-for _spec in typing.get_args(MethodSpec):
+for _spec in BUILT_IN_METHOD_SPECS:
     register_method_spec(_spec)
 
 

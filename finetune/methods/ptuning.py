@@ -270,4 +270,7 @@ def _untrained(model):
 
 
 PTUNING = Method(spec=PTuningSpec, apply=apply_ptuning, load=load_prefix_model, trainer=PrefixTrainer,
-                 untrained=_untrained)
+                 untrained=_untrained, not_exported=(
+                     "a P-Tuning v2 run is a prefix of past keys/values fed to every layer, which no GGUF runtime "
+                     "(llama.cpp, Ollama, LM Studio) can load; serve it with `python -m finetune.chat RUN_DIR`, or "
+                     "train the same recipe with method=LoraSpec(...) and export that"))
