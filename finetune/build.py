@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, TrainingArguments
 
 from .evaluation import GenerationEval
-from .methods import apply_method, get_method
+from .methods import Method, get_method
 from .models import ResolvedModel, load_config, load_model
 from .precision import resolve_dtype, upcast_trainable, weights_dtype
 from .recipe import ModelSpec, Recipe, RecipeError, TrainingSpec, resolved_batching
@@ -24,19 +24,27 @@ from .training import PaddingCollator, PaddingFreeCollator, tokens_seen_mode, tr
 __all__ = ["build_trainer", "make_collator", "method_model", "run_arguments", "skeleton", "training_arguments"]
 
 
-def method_model(path: Path, family, model_spec: ModelSpec, method_spec):
+def method_model(path: Path, family, model_spec: ModelSpec, method_spec, *, method: Optional[Method] = None,
+                 config=None):
     """The base model loaded in the dtype the method trains it in, with the method applied and its trainable
-    parameters in fp32 (finetune/precision.py)."""
+    parameters in fp32 (finetune/precision.py).
+
+    Args:
+        method: the registered ``Method`` of ``method_spec``, when the caller has it.
+        config: the base model's config as ``resolve_model`` read and checked it (``ResolvedModel.config``).
+    """
+    method = method or get_method(method_spec.name)
     dtype = weights_dtype(model_spec.dtype, method_spec.trains_base)
-    return upcast_trainable(apply_method(load_model(path, family, model_spec, dtype=dtype), method_spec, family))
+    base = load_model(path, family, model_spec, dtype=dtype, config=config)
+    return upcast_trainable(method.apply(base, method_spec, family))
 
 
-def skeleton(path: Path, family, model_spec: ModelSpec, method_spec):
+def skeleton(path: Path, family, model_spec: ModelSpec, method_spec, *, config=None):
     """The model's architecture with the method applied, on the meta device: parameter counts without reading any
-    weights (``--dry-run``)."""
+    weights (``--dry-run``); ``config`` as for :func:`method_model`."""
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(load_config(path, family, model_spec))
-    return apply_method(model, method_spec, family)
+        model = AutoModelForCausalLM.from_config(config or load_config(path, family, model_spec))
+    return get_method(method_spec.name).apply(model, method_spec, family)
 
 
 def make_collator(batching: str, tokenizer, attn_implementation: str = "auto"):
@@ -79,9 +87,14 @@ def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "pa
         raise RecipeError(f"transformers.TrainingArguments refused the training settings: {reason}") from None
 
 
-def run_arguments(recipe: Recipe, output_dir: Path, attention: Optional[str] = None) -> TrainingArguments:
+def run_arguments(recipe: Recipe, output_dir: Path, attention: Optional[str] = None,
+                  batching: Optional[str] = None) -> TrainingArguments:
     """The run's ``TrainingArguments``, made before the model is loaded (and kept by the caller): DeepSpeed ZeRO-3's
-    ``zero.Init`` and FSDP's low-memory loading apply in ``from_pretrained`` only when they already exist."""
+    ``zero.Init`` and FSDP's low-memory loading apply in ``from_pretrained`` only when they already exist.
+
+    Args:
+        batching: ``data.batching`` as the caller resolved it (``resolved_batching``), when it did.
+    """
     extra = recipe.training.extra
     if extra.get("fsdp"):
         # transformers' is_fsdp_enabled() reads these; only `accelerate launch` sets them, and torchrun does not.
@@ -94,22 +107,24 @@ def run_arguments(recipe: Recipe, output_dir: Path, attention: Optional[str] = N
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")
-    return training_arguments(recipe.training, output_dir, resolved_batching(recipe, attention),
+    return training_arguments(recipe.training, output_dir, batching or resolved_batching(recipe, attention),
                               resolve_dtype(recipe.model.dtype))
 
 
 def build_trainer(recipe: Recipe, resolved: ResolvedModel, model, data, args: TrainingArguments, callbacks: list,
-                  record: Optional[dict] = None):
+                  record: Optional[dict] = None, *, method: Optional[Method] = None, batching: Optional[str] = None):
     """The method's trainer over ``data`` (an ``SFTData``), with generation metrics at each evaluation when
     ``eval.generate`` asks for them.
 
     Args:
         record: what the run's ``recipe.json`` says when not just ``recipe`` (a resumed run's history).
+        method, batching: the recipe's ``Method`` and resolved ``data.batching``, when the caller has them.
     """
     output_dir = Path(args.output_dir)
-    return get_method(recipe.method.name).trainer(
+    method = method or get_method(recipe.method.name)
+    return method.trainer(
         model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-        data_collator=make_collator(resolved_batching(recipe, resolved.attention), resolved.tokenizer,
+        data_collator=make_collator(batching or resolved_batching(recipe, resolved.attention), resolved.tokenizer,
                                     resolved.attention),
         processing_class=resolved.tokenizer, template=resolved.template, recipe=record or recipe, callbacks=callbacks,
         generation_eval=_generation_eval(recipe, data.eval, output_dir))

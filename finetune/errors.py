@@ -12,11 +12,10 @@ import argparse
 import os
 import sys
 import traceback
-from pathlib import Path
 from typing import Callable
 
 __all__ = ["UserError", "UsageError", "RunFolderError", "CorruptFileError", "EXIT_USER_ERROR", "EXIT_INTERRUPTED",
-           "add_verbose_flag", "guarded", "check_safetensors", "check_safetensors_in"]
+           "add_verbose_flag", "guarded"]
 
 EXIT_USER_ERROR = 2
 """What argparse exits with for a bad command line; the same for every other mistake."""
@@ -39,31 +38,6 @@ class RunFolderError(UserError):
 
 class CorruptFileError(UserError):
     """A file finetune wrote or reads is damaged (truncated copy, full disk while saving)."""
-
-
-def check_safetensors(path: str | Path) -> None:
-    """Open ``path``'s header and check it covers the file: a truncated copy fails here, naming itself, rather than
-    as a bare ``SafetensorError`` deep inside a load (reads the header only; the tensors stay on disk).
-
-    Raises:
-        CorruptFileError: the file is not a whole safetensors file.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), "pt"):
-            pass
-    except (SafetensorError, OSError) as err:
-        raise CorruptFileError(f"{path} is damaged ({err}); it was probably cut short while being written or "
-                               "copied. Copy it again, or use an earlier checkpoint.") from None
-
-
-def check_safetensors_in(folder: str | Path) -> list[Path]:
-    """:func:`check_safetensors` on every ``*.safetensors`` file of ``folder``; returns them, sorted."""
-    files = sorted(Path(folder).glob("*.safetensors"))
-    for file in files:
-        check_safetensors(file)
-    return files
 
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:

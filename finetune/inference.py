@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import check_safetensors_in
 from .methods import get_method
 from .models import Family, load_model, resolve_model
 from .models.loading import quantized_device
 from .recipe import Recipe, recipe_from_dict
+from .safetensors_check import check_safetensors_in
 from .templates import template_from_dict
 
 __all__ = ["LoadedRun", "load_run"]

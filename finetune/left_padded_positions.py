@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["chatglm2_position_ids"]
+__all__ = ["left_padded_position_ids"]
 
 
-def chatglm2_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+def left_padded_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """ChatGLM2's positions for a left-padded batch: real tokens count from 0, pad positions are 0.
 
     ``GlmForCausalLM`` numbers every column from 0 when no ``position_ids`` are given. Rotary attention only sees

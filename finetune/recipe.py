@@ -19,17 +19,26 @@ __all__ = [
     "ModelSpec", "QuantSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec",
     "EvalSpec", "Recipe",
     "RecipeError", "check_settings_agree", "check_types", "recipe_to_dict", "recipe_from_dict", "resolved_batching",
-    "register_method_spec",
+    "register_format_name", "register_method_spec",
 ]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DATA_FORMATS = ("alpaca", "adgen", "sharegpt", "firefly", "messages", "text", "prompt_completion")
+"""The built-in record layouts (``finetune/data/formats.py``), known here before the data package loads."""
+_FORMAT_NAMES: dict[str, None] = dict.fromkeys(DATA_FORMATS)
+
+
+def register_format_name(name: str) -> None:
+    """Let ``data.format`` name a registered format (``finetune.data.formats.register_format`` calls this)."""
+    _FORMAT_NAMES[name] = None
+
+
 CHOICES = {
     "model.dtype": DTYPES,
     "model.rope_scaling": ("linear", "dynamic"),
     "model.quantization.quant_type": ("nf4", "fp4"),
     "model.quantization.compute_dtype": DTYPES,
-    "data.format": DATA_FORMATS,
+    "data.format": _FORMAT_NAMES,  # the live registry: a registered format is accepted and offered too
     "data.batching": ("auto", "padded", "padding_free", "group_by_length"),
     "data.overlong": ("truncate", "drop", "error"),
     "data.thinking": ("auto", "keep", "drop"),
@@ -116,7 +125,7 @@ class DataSpec:
     ``python -m finetune.data mix`` (N examples, or a share of the mix), seeded by ``training.seed``."""
     format: str = "alpaca"
     """Record layout: alpaca, adgen, sharegpt, firefly, messages, text or prompt_completion (see README, "Data
-    formats")."""
+    formats"), or one registered with ``finetune.data.formats.register_format``."""
     columns: Mapping[str, str] = field(default_factory=dict)
     """Field names as the data has them, ``{field of the format: column in the data}``, e.g. ``{"instruction":
     "question", "output": "answer"}`` (LLaMA-Factory's ``dataset_info`` columns). On the command line:
@@ -238,9 +247,19 @@ class PTuningSpec:
             raise RecipeError(f"method.pre_seq_len={self.pre_seq_len} must be positive.")
 
 
-MethodSpec = Union[LoraSpec, FullSpec, PTuningSpec]
-"""The built-in methods' specs; any spec registered with ``finetune.methods.register_method`` is accepted too."""
+class MethodSpec(typing.Protocol):
+    """What every method's spec is: a frozen dataclass with these class attributes, the built-in ones above or any
+    registered with ``finetune.methods.register_method`` (a closed ``Union`` of the built-ins left those out)."""
 
+    name: typing.ClassVar[str]
+    """The method's name in ``recipe.json`` and in ``finetune.methods.get_method``."""
+    trains_base: typing.ClassVar[bool]
+    """Base weights train, so the base is loaded in fp32 (master weights) whatever model.dtype says."""
+    padding_free_attention: typing.ClassVar[Optional[tuple[str, ...]]]
+    """Attention kernels under which padding-free batches work; ``None``: any."""
+
+
+BUILT_IN_METHOD_SPECS = (LoraSpec, FullSpec, PTuningSpec)
 _METHOD_SPECS: dict[str, type] = {}
 
 
@@ -249,7 +268,7 @@ def register_method_spec(spec: type) -> None:
     _METHOD_SPECS[spec.name] = spec
 
 
-for _spec in typing.get_args(MethodSpec):
+for _spec in BUILT_IN_METHOD_SPECS:
     register_method_spec(_spec)
 
 

@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         result = train(recipe, dry_run=args.dry_run, resume=args.resume or args.resume_weights_only,
                        resume_weights_only=args.resume_weights_only)
-    except KeyboardInterrupt:  # a second SIGINT/SIGTERM (finetune.runs.checkpoints.GracefulStop): stop now
+    except KeyboardInterrupt:  # a second SIGINT/SIGTERM (finetune.runs.stopping.GracefulStop): stop now
         print("error: aborted by a second signal; checkpoints already written are kept (resume with --resume).",
               file=sys.stderr)
         return EXIT_INTERRUPTED

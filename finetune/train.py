@@ -18,7 +18,7 @@ from .data import LabelAudit, build_datasets, example_spans, plain_messages, sho
 from .evaluation import BeforeAfter
 from .methods import count_parameters, get_method
 from .models import resolve_model
-from .recipe import Recipe, check_settings_agree
+from .recipe import Recipe, check_settings_agree, resolved_batching
 from .runs import (
     GracefulStop,
     MarkComplete,
@@ -72,7 +72,8 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
     # Settings TrainingArguments refuses stop here, and the run folder is claimed and probed, before any compute.
     # The arguments come first: under torchrun they start the process group the folder's name is shared over,
     # and ZeRO-3 and FSDP load the model sharded only when they exist.
-    args = run_arguments(recipe, Path(recipe.training.output_dir or "runs"), resolved.attention)
+    batching = resolved_batching(recipe, resolved.attention)  # ``auto`` decided once: the arguments and the collator
+    args = run_arguments(recipe, Path(recipe.training.output_dir or "runs"), resolved.attention, batching)
     folder = open_run_folder(recipe, resume, dry_run, resume_weights_only)
     status = RunStatus(folder.path, enabled=folder.claimed)  # status.json: what the web app lists runs by
     try:
@@ -109,14 +110,15 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
                                                                                    sample["labels"])]})
 
         method = get_method(recipe.method.name)
-        model = method_model(resolved.path, resolved.family, recipe.model, recipe.method)
+        model = method_model(resolved.path, resolved.family, recipe.model, recipe.method, method=method,
+                             config=resolved.config)
         trainable, total = count_parameters(model)
         logger.info("Trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
         needed = expected_bytes(model, args, whole_model=method.weights_in_run, tokenizer_dir=resolved.path)
         check_free_space(output_dir, needed)
         stop, tracking = GracefulStop(), tracking_callbacks(recipe, audit, output_dir)
         trainer = build_trainer(recipe, resolved, model, data, args, [stop, MarkComplete(), status, *tracking],
-                                folder.record)
+                                folder.record, method=method, batching=batching)
         if trainer.is_world_process_zero():  # every file of the run folder is written by one process
             (output_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2))
         held_out = None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import importlib
 import os
 import shutil
 import tempfile
@@ -28,6 +29,25 @@ def _isolate_cache() -> None:
     (session / "models").symlink_to(shared / "models", target_is_directory=True)
     os.environ["FINETUNE_CACHE"] = str(session)
     atexit.register(shutil.rmtree, session, ignore_errors=True)
+
+
+REGISTRIES = [("finetune.templates", "_REGISTRY"), ("finetune.models.family", "_REGISTRY"),
+              ("finetune.methods", "_REGISTRY"), ("finetune.recipe", "_METHOD_SPECS"),
+              ("finetune.data.formats", "_REGISTRY"), ("finetune.recipe", "_FORMAT_NAMES"),
+              ("finetune.data.sources", "_REGISTRY")]
+"""Every registry users extend (``register_…``), as (module, dict)."""
+
+
+@pytest.fixture()
+def registries():
+    """What a test registers is gone after it: every registry gets its entries back, in place (other names for
+    the same dict, such as ``recipe.CHOICES["data.format"]``, see the restored entries too)."""
+    saved = [(registry, dict(registry)) for registry in (getattr(importlib.import_module(module), name)
+                                                         for module, name in REGISTRIES)]
+    yield
+    for registry, entries in saved:
+        registry.clear()
+        registry.update(entries)
 
 
 @pytest.fixture(scope="session")

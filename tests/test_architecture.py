@@ -12,13 +12,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "finetune"
 # few top-level modules and packages; a module belongs to the longest prefix listed.
 LAYERS = [
     ("base", ["errors", "paths", "recipe", "recipe_file", "overrides", "precision", "templates", "conversation",
-              "language", "left_padded_positions"]),
+              "language", "left_padded_positions", "safetensors_check"]),
     ("run folder", ["runs"]),
     ("models, data", ["models", "data"]),
     ("training", ["training"]),
     ("methods, evaluation", ["methods", "evaluation"]),
-    ("workflows", ["train", "build", "inference", "evaluate", "merge", "chat", "convert", "export", "report",
-                   "template_check", "serve"]),
+    ("workflows", ["train", "build", "inference", "evaluate", "merge", "chat", "convert", "convert_checkpoint",
+                   "export", "report", "template_check", "serve"]),
     ("command lines", ["run", "data.__main__", "check", "ui"]),
 ]
 

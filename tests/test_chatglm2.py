@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +17,13 @@ import pytest
 import torch
 from chatglm2_reference import chatglm2_config, chatglm2_forward, random_chatglm2_state_dict, write_chatglm2_checkpoint
 
-from finetune.convert import main as convert_main
 from finetune.models.chatglm2 import (
     ChatGLM2Tokenizer,
     CheckpointKeyError,
-    chatglm2_position_ids,
     convert_config,
     convert_state_dict,
     is_chatglm2_checkpoint,
+    left_padded_position_ids,
     load_chatglm2,
     load_chatglm2_tokenizer,
     to_chatglm2_state_dict,
@@ -108,7 +108,7 @@ def test_left_padded_batch_matches_reference(checkpoint):
     mask = torch.ones_like(ids)
     mask[0, :4] = 0
     ids[0, :4] = 0  # pad = <unk>
-    positions = chatglm2_position_ids(mask)  # real tokens count from 0, as ChatGLM2's tokenizer gives them
+    positions = left_padded_position_ids(mask)  # real tokens count from 0, as ChatGLM2's tokenizer gives them
     assert positions[0].tolist() == [0] * 5 + list(range(1, 7)) and positions[1].tolist() == list(range(11))
     with torch.no_grad():
         logits = model(ids, attention_mask=mask, position_ids=positions).logits
@@ -158,14 +158,14 @@ def test_bad_checkpoints_fail_clearly(checkpoint, tmp_path):
     assert not is_chatglm2_checkpoint(tmp_path / "nowhere")
 
 
-def test_convert_cli(checkpoint, tmp_path):
+def test_convert_cli(checkpoint, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     cfg, sd, folders = checkpoint
     dst = tmp_path / "glm"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    run = subprocess.run([sys.executable, "-m", "finetune.convert", "chatglm2", str(folders["bin"]), str(dst)],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    run = subprocess.run([sys.executable, "-m", "finetune.convert_checkpoint", "chatglm2", str(folders["bin"]),
+                          str(dst)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "model.safetensors" in run.stdout and "tokenizer.model" in run.stdout
     model = AutoModelForCausalLM.from_pretrained(dst).eval()
@@ -178,8 +178,10 @@ def test_convert_cli(checkpoint, tmp_path):
     original_tokenizer = load_chatglm2_tokenizer(folders["bin"])
     assert converted_tokenizer("你好 people").input_ids == original_tokenizer("你好 people").input_ids
 
-    with pytest.raises(SystemExit, match="is not a ChatGLM2 checkpoint"):  # in-process: a second start costs ~5 s
-        convert_main(["chatglm2", str(dst), str(tmp_path / "x")])
+    # The former name still runs it (in-process: a second start costs ~5 s).
+    monkeypatch.setattr(sys, "argv", ["finetune.convert", "chatglm2", str(dst), str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="is not a ChatGLM2 checkpoint"):
+        runpy.run_module("finetune.convert", run_name="__main__")
 
 
 # --- tokenizer --------------------------------------------------------------------------------------------------

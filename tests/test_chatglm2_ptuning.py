@@ -24,7 +24,7 @@ from chatglm2_reference import (
 from finetune import DataSpec, EvalSpec, ModelSpec, PTuningSpec, Recipe, TrainingSpec
 from finetune.methods.ptuning import apply_ptuning, load_prefix_model
 from finetune.methods.ptuning_io import OFFICIAL_PREFIX, export_official, read_prefix
-from finetune.models.chatglm2 import chatglm2_position_ids, load_chatglm2
+from finetune.models.chatglm2 import left_padded_position_ids, load_chatglm2
 from finetune.models.family import get_family
 from finetune.train import train
 
@@ -94,7 +94,7 @@ def test_exported_prefix_matches_chatglm2_reference(checkpoint, tmp_path, projec
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
         alone = model(input_ids=ids[:1, 3:]).logits[0]
-    positions = chatglm2_position_ids(mask)
+    positions = left_padded_position_ids(mask)
     prefix = chatglm2_prefix(official, batch=2)
     expected = chatglm2_forward(sd, cfg, ids, mask, positions, prefix=prefix)
     diff = max_real_diff(logits, expected, mask)
@@ -135,11 +135,11 @@ def test_official_prefix_checkpoint_loads_with_chatglm2_semantics(checkpoint, tm
     ids, mask = padded_batch(seed=3)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
-    expected = chatglm2_forward(sd, cfg, ids, mask, chatglm2_position_ids(mask), prefix=chatglm2_prefix(state, 2))
+    expected = chatglm2_forward(sd, cfg, ids, mask, left_padded_position_ids(mask), prefix=chatglm2_prefix(state, 2))
     diff = max_real_diff(logits, expected, mask)
     print(f"projection={projection}: max |logit diff| of the imported official prefix {diff:.2e}")
     assert diff <= ATOL
-    assert max_real_diff(logits, chatglm2_forward(sd, cfg, ids, mask, chatglm2_position_ids(mask)), mask) > 1e-2
+    assert max_real_diff(logits, chatglm2_forward(sd, cfg, ids, mask, left_padded_position_ids(mask)), mask) > 1e-2
 
 
 def test_generation_matches_step_by_step_forward(checkpoint):

@@ -1,4 +1,5 @@
-"""The padding collator on plain lists, with no model and no tokenizer."""
+"""The padding and padding-free collators on plain lists of ids; a tokenizer only to compare with transformers'
+``DataCollatorForSeq2Seq``, and a tiny model only to show a packed row's loss equals the padded batch's."""
 import torch
 
 from finetune.training.collators import PaddingCollator

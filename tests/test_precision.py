@@ -304,7 +304,8 @@ def test_prefix_encoder_over_a_bf16_base_close_to_fp32(projection, tiny_llama, t
 # ---------------------------------------------------------------- QLoRA placement and dtypes, flash-attention kwargs
 
 
-def test_4bit_model_goes_to_this_ranks_gpu(monkeypatch):
+def test_the_4bit_load_device_is_this_ranks_gpu(monkeypatch):
+    """Where ``load_model`` builds a 4-bit model (``quantized_device``), read from LOCAL_RANK; no model is loaded."""
     from finetune.models.loading import quantized_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -20,7 +20,8 @@ from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSp
 from finetune.data import build_datasets
 from finetune.errors import RunFolderError
 from finetune.models import Family, get_family, load_tokenizer, register_family, resolve_model
-from finetune.runs.checkpoints import COMPLETE, GracefulStop
+from finetune.runs.checkpoints import COMPLETE
+from finetune.runs.stopping import GracefulStop
 from finetune.templates import Template, get_template, register_template
 from finetune.train import train
 
@@ -200,7 +201,7 @@ def test_sigterm_exits_130_with_a_checkpoint_and_the_resume_command(tiny_llama, 
     assert any((c / COMPLETE).exists() for c in (tmp_path / "run").glob("checkpoint-*"))
 
 
-def test_registered_template_and_family_are_used_by_name(tiny_llama, alpaca_file, tmp_path):
+def test_registered_template_and_family_are_used_by_name(tiny_llama, alpaca_file, tmp_path, registries):
     register_template(Template(name="qa_test", user="Q: {content}\nA: ", assistant="{content}{eos}"))
     register_family(dataclasses.replace(get_family("llama"), name="llama_test", model_types=("llama_test",),
                                         template="qa_test"))
@@ -212,6 +213,14 @@ def test_registered_template_and_family_are_used_by_name(tiny_llama, alpaca_file
     result = train(run)
     assert json.loads((result.output_dir / "template.json").read_text())["name"] == "qa_test"
     assert isinstance(get_family("llama_test"), Family)
+
+
+def test_registrations_are_undone_after_the_test_that_made_them():
+    """The test above registered into the global registries through the ``registries`` fixture."""
+    with pytest.raises(ValueError, match="Unknown template 'qa_test'"):
+        get_template("qa_test")
+    with pytest.raises(ValueError, match="Unknown model family 'llama_test'"):
+        get_family("llama_test")
 
 
 @pytest.mark.parametrize("argv, dry_run, resume", [

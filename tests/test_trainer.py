@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from finetune import DataSpec, EvalSpec, FullSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
@@ -40,6 +41,9 @@ def test_lora_run_trains_only_adapters_and_saves_exactly_the_adapter(tiny_llama,
     assert {"adapter_config.json", "adapter_model.safetensors", "audit.json", "logs.jsonl", "recipe.json",
             "report.html", "samples.json", "template.json", "tokenizer.json", "tokenizer_config.json"} <= files
     assert not {"model.safetensors", "pytorch_model.bin"} & files  # the frozen base is not saved again
+    with safe_open(run / "adapter_model.safetensors", "pt") as saved:  # A and B of every adapted layer, nothing else
+        assert set(saved.keys()) == {f"base_model.model.{name}.lora_{matrix}.weight" for name, _ in base.named_modules()
+                                     if name.rsplit(".", 1)[-1] in get_family("llama").lora_targets for matrix in "AB"}
     assert json.loads((run / "template.json").read_text())["name"] == "chatml"
     assert json.loads((run / "recipe.json").read_text())["method"]["name"] == "lora"
 

@@ -13,12 +13,10 @@ import sys
 
 from ..errors import add_verbose_flag, guarded
 from ..paths import check_target
+from .formats import format_names, writable_format_names
 from .readers import DataError
-from .tools.convert import FORMATS
 
 __all__ = ["main"]
-
-READ_FORMATS = (*FORMATS, "text")
 
 
 def _check_output(args) -> None:
@@ -103,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("filter", help="self-instruct style filtering; dropped records go to OUT's .dropped.jsonl")
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT")
-    p.add_argument("--format", default="alpaca", choices=READ_FORMATS)
+    p.add_argument("--format", default="alpaca", choices=format_names())
     p.add_argument("--rouge-threshold", type=float, default=0.7,
                    help="drop when the prompt's ROUGE-L F against a kept prompt is at least this (default 0.7)")
     p.add_argument("--keywords", default=None,
@@ -120,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", action="append", required=True, metavar="FILE:FORMAT[:N|:RATIO]",
                    help="repeat per data set; N = examples, RATIO (with a point, e.g. 0.3) = share of the output; "
                         "no amount = all")
-    p.add_argument("--format", default="messages", choices=FORMATS, help="output format (default messages)")
+    p.add_argument("--format", default="messages", choices=writable_format_names(),
+                   help="output format (default messages)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--total", type=int, default=None, help="output size when every source is a RATIO")
     p.add_argument("--lossy", action="store_true", help="drop what --format cannot hold instead of failing")
@@ -129,14 +128,14 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("convert", help="convert between formats, losslessly unless --lossy")
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT")
-    p.add_argument("--from", dest="src", required=True, choices=FORMATS)
-    p.add_argument("--to", dest="dst", required=True, choices=FORMATS)
+    p.add_argument("--from", dest="src", required=True, choices=writable_format_names())
+    p.add_argument("--to", dest="dst", required=True, choices=writable_format_names())
     p.add_argument("--lossy", action="store_true", help="drop what the target cannot hold, and count it")
     p.set_defaults(run=_convert)
 
     p = commands.add_parser("stats", help="counts and lengths; token lengths with --recipe")
     p.add_argument("input", metavar="IN")
-    p.add_argument("--format", default=None, choices=READ_FORMATS, help="default: the recipe's data.format")
+    p.add_argument("--format", default=None, choices=format_names(), help="default: the recipe's data.format")
     p.add_argument("--recipe", default=None, help="recipe file whose model tokenizer and template count tokens")
     p.add_argument("--png", default=None, help="write a length histogram here")
     p.set_defaults(run=_stats)

@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 
 from ..paths import cache_dir
 from ..recipe import DataSpec
+from .converter import RecordConverter
 from .errors import DataError
-from .formats import RecordConverter
 from .pipeline import ChunkEncoder, num_proc_for, write_tokenized
 from .sources import Source, open_source
 from .tokenize import ENCODER_VERSION, Encoder

@@ -1,99 +1,74 @@
-"""Record layouts: each ``data.format`` turns one record into a conversation, ``[{"role", "content"[, "input"]}]``.
+"""Record layouts: each ``data.format`` turns one record into a conversation, ``[{"role", "content"[, "input"]}]``,
+and the layouts ``finetune.data convert`` writes turn a conversation back into a record.
 
-Errors name the record (``where``) and the field; the recipe's column names (``data.columns``) are applied first.
+Each format is one :class:`DataFormat`, registered at the bottom of this file with one call; a new one is registered
+the same way from anywhere (``register_format``), and recipes, the readers and the data tools all take it by name.
+Errors name the record (``where``) and the field; the recipe's column names (``data.columns``) are applied first
+(:mod:`finetune.data.converter`).
 """
 from __future__ import annotations
 
 import json
-from collections import Counter
-from typing import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional
 
+from ..conversation import user_text
+from ..recipe import register_format_name
 from .errors import DataError
 
-__all__ = ["RecordConverter", "SHAREGPT_ROLES", "skip_reason"]
+__all__ = ["DataFormat", "SHAREGPT_ROLES", "format_names", "get_format", "record_tools", "register_format",
+           "skip_reason", "writable_format_names"]
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
 
 
-class RecordConverter:
-    """Turns records of one format (with the recipe's column names and system prompt) into conversations."""
+@dataclass(frozen=True)
+class DataFormat:
+    """One record layout, registered with :func:`register_format`."""
 
-    def __init__(self, fmt: str, prompt_column: str = "content", response_column: str = "summary",
-                 text_column: str = "text", system: str | None = None, columns: Mapping[str, str] | None = None,
-                 tools: str | None = None):
-        self.fmt, self.system, self.columns = fmt, system, dict(columns or {})
-        self.tools = tools
-        """Tool schemas (JSON text) for records without their own ``tools`` (``data.tools``)."""
-        self.text_fields, self.other_fields = {
-            "alpaca": (("instruction", "output"), ("input", "system", "history")),
-            "adgen": ((prompt_column, response_column), ()),
-            "sharegpt": ((), ("conversations", "system")),
-            "firefly": ((), ("conversation", "system")),
-            "messages": ((), ("messages", "tools")),
-            "text": ((text_column,), ()),
-            "prompt_completion": ((), ("prompt", "completion")),
-        }[fmt]
-        self.required = {"sharegpt": ("conversations",), "firefly": ("conversation",), "messages": ("messages",),
-                         "prompt_completion": ("prompt", "completion")}.get(fmt, self.text_fields)
-        known = self.text_fields + self.other_fields
-        for name in self.columns:
-            if name not in known:
-                raise DataError(f"data.columns: {name!r} is not a field of data.format={fmt!r} (fields: "
-                                f"{', '.join(known)}).")
-        self.convert = {"alpaca": _alpaca, "sharegpt": _sharegpt, "firefly": _firefly, "messages": _messages,
-                        "prompt_completion": _prompt_completion,
-                        "adgen": lambda where, r: _adgen(where, r, prompt_column, response_column),
-                        "text": lambda where, r: [{"role": "assistant", "content": _text(where, r, text_column)}],
-                        }[fmt]
+    name: str
+    read: Callable[..., list[dict]]
+    """``(where, record, **named) -> conversation``; ``named`` gives the record keys of the fields in ``named_by``.
+    Raises ``DataError`` naming ``where`` and the field for a record it cannot read."""
+    text_fields: tuple[str, ...] = ()
+    """Fields that hold strings (a table column of another type is refused before any row is read)."""
+    other_fields: tuple[str, ...] = ()
+    required: Optional[tuple[str, ...]] = None
+    """Fields every record has; ``None``: the text fields."""
+    named_by: Mapping[str, str] = field(default_factory=dict)
+    """Fields whose key in the data is a ``data`` option: adgen's ``content`` is ``data.prompt_column``."""
+    write: Optional[Callable[[list[dict], Callable[[str], None]], dict]] = None
+    """``(conversation, lose) -> record`` for ``finetune.data convert`` and ``mix``; ``lose(what)`` is called for
+    each thing the record cannot hold. ``None``: the format is only read."""
+    writes: tuple[str, ...] = ()
+    """The top-level fields ``write`` writes; a source record's other fields are carried over."""
 
-    def column(self, name: str) -> str:
-        """The name a field of the format has in the data."""
-        return self.columns.get(name, name)
 
-    def check_schema(self, where: str, schema) -> None:
-        """Tables are checked once for their columns (a missing one, text stored as numbers), not row by row."""
-        if schema is None:
-            return
-        import pyarrow as pa
+_REGISTRY: dict[str, DataFormat] = {}
 
-        for name in self.required:
-            if self.column(name) not in schema.names:
-                mapped = f" (data.columns maps {name!r} to it)" if name in self.columns else ""
-                raise DataError(f"{where}: column {self.column(name)!r}{mapped} is missing (columns: "
-                                f"{schema.names}); set data.columns or pick the data.format that matches.")
-        for name in self.text_fields:
-            column = self.column(name)
-            if column in schema.names and not (pa.types.is_string(schema.field(column).type)
-                                               or pa.types.is_large_string(schema.field(column).type)
-                                               or pa.types.is_null(schema.field(column).type)):
-                raise DataError(f"{where}: column {column!r} must hold strings, it holds "
-                                f"{schema.field(column).type}; fix the data or map another column (data.columns).")
 
-    def convert_chunk(self, name: str, chunk, skipped: Counter) -> Iterator[tuple[int, list[dict], str | None]]:
-        """``(number, conversation, tools)`` for each usable record of a chunk (``tools``: the record's tool schemas
-        as JSON text, or None); the others are counted in ``skipped``."""
-        self.check_schema(name, chunk.schema)
-        for where, number, record in chunk.records(name):
-            messages = self.conversation(where, record)
-            reason = skip_reason(messages)
-            if reason:
-                skipped[reason] += 1
-            else:
-                yield number, messages, _tools(where, record.get(self.column("tools"))) or self.tools
+def register_format(data_format: DataFormat) -> None:
+    """Make ``data_format`` usable as ``data.format`` and by ``python -m finetune.data``."""
+    if data_format.name in _REGISTRY:
+        raise ValueError(f"Data format {data_format.name!r} is already registered.")
+    register_format_name(data_format.name)
+    _REGISTRY[data_format.name] = data_format
 
-    def conversation(self, where: str, record: dict) -> list[dict]:
-        """One record as a conversation, with the recipe's system prompt where the record has none."""
-        for name, column in self.columns.items():
-            if column in record:
-                record[name] = record.pop(column)
-            elif name in self.required:
-                raise DataError(f"{where}: field {column!r} (data.columns {name!r}) is missing (record has "
-                                f"{sorted(record)}).")
-        messages = self.convert(where, record)
-        if self.system is not None and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": self.system})
-        return messages
+
+def get_format(name: str) -> DataFormat:
+    if name not in _REGISTRY:
+        raise DataError(f"Unknown data format {name!r}; known formats: {', '.join(format_names())}.")
+    return _REGISTRY[name]
+
+
+def format_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def writable_format_names() -> list[str]:
+    """The formats ``finetune.data convert`` and ``mix`` write."""
+    return [name for name, data_format in _REGISTRY.items() if data_format.write is not None]
 
 
 def skip_reason(messages: list[dict]) -> str | None:
@@ -135,9 +110,15 @@ def _alpaca(where: str, record: dict) -> list[dict]:
     return messages + [user, {"role": "assistant", "content": _text(where, record, "output")}]
 
 
-def _adgen(where: str, record: dict, prompt: str, response: str) -> list[dict]:
-    return [{"role": "user", "content": _text(where, record, prompt)},
-            {"role": "assistant", "content": _text(where, record, response)}]
+def _adgen(where: str, record: dict, content: str, summary: str) -> list[dict]:
+    """``content`` and ``summary``: the keys ``data.prompt_column`` and ``data.response_column`` name."""
+    return [{"role": "user", "content": _text(where, record, content)},
+            {"role": "assistant", "content": _text(where, record, summary)}]
+
+
+def _plain_text(where: str, record: dict, text: str) -> list[dict]:
+    """The whole text is one supervised answer with no prompt; ``text`` is the key ``data.text_column`` names."""
+    return [{"role": "assistant", "content": _text(where, record, text)}]
 
 
 def _turns(where: str, record: dict, key: str) -> list:
@@ -222,7 +203,7 @@ def _tool_calls(where: str, calls) -> str:
     return json.dumps(out, ensure_ascii=False)
 
 
-def _tools(where: str, tools) -> str | None:
+def record_tools(where: str, tools) -> str | None:
     """A record's tool schemas (a list of JSON schemas, or JSON text of one) as JSON text, or None."""
     if tools is None or tools == []:
         return None
@@ -286,3 +267,86 @@ def _check_alternation(where: str, key: str, messages: list[dict]) -> list[dict]
             raise DataError(f"{where}: field {key!r} turn {i} is {message['role']!r} where {expected!r} was expected; "
                             "turns must alternate user/assistant.")
     return messages
+
+
+# --- writing: a conversation as a record, for finetune.data convert and mix ------------------------------------------
+
+
+def _pairs(messages: list[dict], lose: Callable[[str], None], trailing_prompt: bool = False,
+           last_input: bool = False) -> tuple[Optional[str], list[dict], list[tuple[str, str]]]:
+    """``(system, turns, (prompt, answer) pairs)`` of a conversation, calling ``lose`` for what a format without
+    tool calls and reasoning cannot hold: a final prompt with no answer (unless ``trailing_prompt``), and an Alpaca
+    ``input`` as its own field (but the last turn's, with ``last_input``)."""
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    body = messages[1:] if system is not None else list(messages)
+    if not trailing_prompt and body[-1]["role"] == "user":
+        lose("a final user turn with no answer")
+        body = body[:-1]
+    if any(m["role"] == "tool" or m.get("tool_calls") or m.get("reasoning_content") for m in messages):
+        lose("reasoning, tool calls or tool results (only messages holds them)")
+        messages = [{k: v for k, v in m.items() if k not in ("tool_calls", "reasoning_content")}
+                    for m in messages if m["role"] != "tool"]
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+        body = [m for m in (messages[1:] if system is not None else messages) if m["content"].strip()]
+    kept_input = len(body) - 2 if last_input else None
+    for i, message in enumerate(body):
+        if message.get("input") and i != kept_input:
+            lose("an Alpaca input as its own field (lossy merges it into the prompt)")
+    pairs = [(u["content"] if 2 * k == kept_input else user_text(u), a["content"])
+             for k, (u, a) in enumerate(zip(body[::2], body[1::2]))]
+    return system, body, pairs
+
+
+def _write_messages(messages: list[dict], lose) -> dict:
+    # Tool calls travel as JSON text inside the reader; written back as the list they were.
+    return {"messages": [{**m, "tool_calls": json.loads(m["tool_calls"])} if m.get("tool_calls") else dict(m)
+                         for m in messages]}
+
+
+def _write_alpaca(messages: list[dict], lose) -> dict:
+    system, body, pairs = _pairs(messages, lose, last_input=True)
+    record: dict = {"system": system} if system is not None else {}
+    record.update(instruction=pairs[-1][0], input=body[-2].get("input", ""), output=pairs[-1][1])
+    if len(pairs) > 1:
+        record["history"] = [list(pair) for pair in pairs[:-1]]
+    return record
+
+
+def _write_adgen(messages: list[dict], lose) -> dict:
+    system, _, pairs = _pairs(messages, lose)
+    if system is not None:
+        lose("a system prompt")
+    if len(pairs) > 1:
+        lose("earlier turns (adgen is single-turn; lossy keeps the last)")
+    return {"content": pairs[-1][0], "summary": pairs[-1][1]}
+
+
+def _write_sharegpt(messages: list[dict], lose) -> dict:
+    system, body, _ = _pairs(messages, lose, trailing_prompt=True)
+    turns = [{"from": "human" if m["role"] == "user" else "gpt", "value": user_text(m)} for m in body]
+    return {"conversations": turns, **({"system": system} if system is not None else {})}
+
+
+def _write_firefly(messages: list[dict], lose) -> dict:
+    system, _, pairs = _pairs(messages, lose)
+    return {"conversation": [{"human": u, "assistant": a} for u, a in pairs],
+            **({"system": system} if system is not None else {})}
+
+
+for _format in (
+    DataFormat("alpaca", _alpaca, text_fields=("instruction", "output"), other_fields=("input", "system", "history"),
+               write=_write_alpaca, writes=("instruction", "input", "output", "system", "history")),
+    DataFormat("adgen", _adgen, text_fields=("content", "summary"),
+               named_by={"content": "prompt_column", "summary": "response_column"},
+               write=_write_adgen, writes=("content", "summary")),
+    DataFormat("sharegpt", _sharegpt, other_fields=("conversations", "system"), required=("conversations",),
+               write=_write_sharegpt, writes=("conversations", "system")),
+    DataFormat("firefly", _firefly, other_fields=("conversation", "system"), required=("conversation",),
+               write=_write_firefly, writes=("conversation", "system")),
+    DataFormat("messages", _messages, other_fields=("messages", "tools"), required=("messages",),
+               write=_write_messages, writes=("messages",)),
+    DataFormat("text", _plain_text, text_fields=("text",), named_by={"text": "text_column"}),
+    DataFormat("prompt_completion", _prompt_completion, other_fields=("prompt", "completion"),
+               required=("prompt", "completion")),
+):
+    register_format(_format)

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .formats import RecordConverter
+from .converter import RecordConverter
 from .sources import Chunk, Source
 from .tokenize import Encoder
 

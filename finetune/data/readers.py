@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from .converter import RecordConverter
 from .errors import DataError
-from .formats import RecordConverter
 from .jsonfile import iter_records
 from .sources import open_source
 

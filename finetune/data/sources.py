@@ -12,16 +12,14 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import xxhash
 
 from .errors import DataError
 from .jsonfile import check_object, json_chunks, parse_line
 
-__all__ = ["Chunk", "Source", "open_source"]
-
-TABLE_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
+__all__ = ["Chunk", "Source", "SourceKind", "open_source", "register_source", "source_kinds"]
 
 
 @dataclass
@@ -61,26 +59,44 @@ class Source:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of place ``data.train``/``data.eval`` can name, registered with :func:`register_source`."""
+
+    name: str
+    matches: Callable[[str], bool]
+    """Whether a location is of this kind (``hub:`` prefix, a folder, a file suffix)."""
+    open: Callable[..., Source]
+    """``(location, *, split, subset, revision) -> Source``; raises ``DataError`` for one that cannot be read."""
+
+
+_REGISTRY: dict[str, SourceKind] = {}
+
+
+def register_source(kind: SourceKind) -> None:
+    """Make ``kind`` readable wherever data is read; it is tried before every kind registered earlier."""
+    if kind.name in _REGISTRY:
+        raise ValueError(f"Source kind {kind.name!r} is already registered.")
+    _REGISTRY[kind.name] = kind
+
+
+def source_kinds() -> list[str]:
+    return list(_REGISTRY)
+
+
 def open_source(location: str, split: str = "train", subset: str | None = None,
                 revision: str | None = None) -> Source:
-    """The :class:`Source` for a recipe's ``data.train``/``data.eval`` value.
+    """The :class:`Source` for a recipe's ``data.train``/``data.eval`` value: of the latest registered kind that
+    matches it (JSON, registered first, takes whatever no other kind does).
 
     Raises:
         DataError: for a path that does not exist, a folder that ``save_to_disk`` did not write, or a Hub dataset
             that is not in the local cache.
     """
-    if location.startswith("hub:"):
-        name, _, own_split = location[4:].partition(":")
-        return HubSource(name, own_split or split, subset, revision)
-    path = Path(location)
-    if path.is_dir():
-        return FolderSource(path, split)
-    kind = TABLE_SUFFIXES.get(path.suffix.lower())
-    if kind == "parquet":
-        return ParquetSource(path)
-    if kind == "csv":
-        return CsvSource(path)
-    return JsonSource(path)
+    for kind in reversed(_REGISTRY.values()):
+        if kind.matches(location):
+            return kind.open(location, split=split, subset=subset, revision=revision)
+    raise DataError(f"{location}: no source kind reads it (kinds: {', '.join(source_kinds())}).")
 
 
 def content_hash(paths) -> str:
@@ -260,3 +276,25 @@ def _rebatch(reader, size: int):
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def _open_hub(location: str, split: str, subset: str | None, revision: str | None) -> Source:
+    name, _, own_split = location[4:].partition(":")
+    return HubSource(name, own_split or split, subset, revision)
+
+
+def _suffix(location: str) -> str:
+    return Path(location).suffix.lower()
+
+
+for _kind in (
+    SourceKind("json", lambda location: True, lambda location, **_: JsonSource(Path(location))),
+    SourceKind("csv", lambda location: _suffix(location) in (".csv", ".tsv"),
+               lambda location, **_: CsvSource(Path(location))),
+    SourceKind("parquet", lambda location: _suffix(location) == ".parquet",
+               lambda location, **_: ParquetSource(Path(location))),
+    SourceKind("folder", lambda location: Path(location).is_dir(),
+               lambda location, split, **_: FolderSource(Path(location), split)),
+    SourceKind("hub", lambda location: location.startswith("hub:"), _open_hub),
+):
+    register_source(_kind)

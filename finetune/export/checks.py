@@ -54,18 +54,19 @@ NOT_EXPORTED = {
 """Why a registered family is not exported, where there is more to say than that llama.cpp lacks it."""
 
 
-def check_exportable(recipe, family_name: str) -> None:
+def check_exportable(recipe, family_name: str, method) -> None:
     """Refuse runs no GGUF runtime can load, naming the reason and the way out.
 
+    Args:
+        method: the run's ``finetune.methods.Method``: its run folder holds the whole model, or it merges.
+
     Raises:
-        ExportRefused: for P-Tuning v2 prefixes, families not in ``GGUF_ARCHITECTURES``, and RoPE scaling llama.cpp
-            lacks.
+        ExportRefused: for a method that does neither (P-Tuning v2 prefixes), families not in
+            ``GGUF_ARCHITECTURES``, and RoPE scaling llama.cpp lacks.
     """
-    if recipe.method.name == "ptuning":
-        raise ExportRefused(
-            "a P-Tuning v2 run is a prefix of past keys/values fed to every layer, which no GGUF runtime "
-            "(llama.cpp, Ollama, LM Studio) can load; serve it with `python -m finetune.chat RUN_DIR`, or "
-            "train the same recipe with method=LoraSpec(...) and export that")
+    if not (method.weights_in_run or method.merges):
+        raise ExportRefused(method.not_exported or f"a {method.name} run neither holds the whole model nor merges "
+                            "into the base, and a GGUF file needs one of them")
     if family_name not in GGUF_ARCHITECTURES:
         raise ExportRefused(f"the {family_name} family is not exported: " + NOT_EXPORTED.get(
             family_name, f"this exporter writes the {', '.join(GGUF_ARCHITECTURES)} families only; merge the run "

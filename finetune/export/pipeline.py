@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 def export_run(run_dir: str | Path, out: str | Path, quant: str = "f16", overwrite: bool = False) -> dict:
-    """Export a LoRA/DoRA/QLoRA run (merged first) or a full fine-tuning run to ``out`` (GGUF) and a Modelfile.
+    """Export a run whose method merges (LoRA/DoRA/QLoRA: merged first) or whose folder holds the whole model (full
+    fine-tuning) to ``out`` (GGUF) and a Modelfile.
 
     Returns:
         A report: tensor types, file size, the merge's logit error (adapter runs), and the Modelfile path or the
@@ -42,13 +43,16 @@ def export_run(run_dir: str | Path, out: str | Path, quant: str = "f16", overwri
     recipe, template = _read_run(run_dir)
     base_path = resolve_model_path(recipe.model.path)
     family = resolve_family(recipe.model, base_path)
-    check_exportable(recipe, family.name)
+    from ..methods import get_method  # imported late, as merge_run below: peft prints bitsandbytes noise on import
+
+    method = get_method(recipe.method.name)
+    check_exportable(recipe, family.name, method)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
-        if recipe.method.name == "full":
+        if method.weights_in_run:
             model_dir, merge_report = run_dir, None
         else:
-            from ..merge import merge_run  # imported late: peft's import prints bitsandbytes noise before refusals
+            from ..merge import merge_run
 
             model_dir = Path(tmp) / "merged"
             merge_report = merge_run(run_dir, model_dir, dtype="float32")  # every GGUF type is <= f32

@@ -39,6 +39,9 @@ class Method:
     """The run folder holds the whole model (full fine-tuning), so inference loads it from there, not the base."""
     merges: bool = False
     """``finetune.merge`` can fold the trained part into the base weights."""
+    not_exported: str = ""
+    """Why ``finetune.export`` refuses a run of this method, and what to do instead; a method whose run holds the
+    whole model (``weights_in_run``) or merges exports without one."""
 
     @property
     def name(self) -> str:

@@ -19,20 +19,16 @@ from typing import Optional
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
+from typing_extensions import override  # typing.override from Python 3.12
 
-try:
-    from typing import override
-except ImportError:  # Python < 3.12
-    from typing_extensions import override
-
-from ..left_padded_positions import chatglm2_position_ids  # real tokens from 0, whatever the family
+from ..left_padded_positions import left_padded_position_ids  # real tokens from 0, whatever the family
 from ..models import PACKED_SDPA
 from ..precision import compute_dtype
 from ..recipe import PTuningSpec
 from ..runs import write_run_files
 from ..training import SFTTrainer
 from .method import Method
-from .ptuning_io import PREFIX_CONFIG, PREFIX_WEIGHTS, read_prefix, write_prefix
+from .ptuning_io import PREFIX_CONFIG, PREFIX_WEIGHTS, prefix_shape, read_prefix, write_prefix
 
 __all__ = ["PrefixEncoder", "PrefixModel", "PrefixTrainer", "apply_ptuning", "load_prefix_model", "PTUNING",
            "PREFIX_WEIGHTS", "PREFIX_CONFIG"]
@@ -124,7 +120,7 @@ class PrefixModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None:
-            position_ids = chatglm2_position_ids(attention_mask)
+            position_ids = left_padded_position_ids(attention_mask)
         elif self.config._attn_implementation != PACKED_SDPA:
             raise ValueError(f"A padding-free (packed) batch under P-Tuning v2 needs attn_implementation="
                              f"{PACKED_SDPA!r} (each example must see the prefix and itself only); this model runs "
@@ -220,10 +216,7 @@ def _pick(logits, do_sample, temperature, top_p):
 
 def prefix_encoder_for(config, spec) -> PrefixEncoder:
     """A prefix encoder sized for a transformers model config (grouped / multi-query attention included)."""
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    return PrefixEncoder(spec.pre_seq_len, config.num_hidden_layers, kv_heads, head_dim, spec.prefix_projection,
+    return PrefixEncoder(spec.pre_seq_len, *prefix_shape(config), spec.prefix_projection,
                          spec.prefix_hidden_size or config.hidden_size, spec.prefix_dropout)
 
 
@@ -277,4 +270,7 @@ def _untrained(model):
 
 
 PTUNING = Method(spec=PTuningSpec, apply=apply_ptuning, load=load_prefix_model, trainer=PrefixTrainer,
-                 untrained=_untrained)
+                 untrained=_untrained, not_exported=(
+                     "a P-Tuning v2 run is a prefix of past keys/values fed to every layer, which no GGUF runtime "
+                     "(llama.cpp, Ollama, LM Studio) can load; serve it with `python -m finetune.chat RUN_DIR`, or "
+                     "train the same recipe with method=LoraSpec(...) and export that"))

@@ -13,11 +13,20 @@ import torch
 
 from ..errors import UsageError
 
-__all__ = ["read_prefix", "write_prefix", "export_official", "OFFICIAL_PREFIX", "PREFIX_WEIGHTS", "PREFIX_CONFIG"]
+__all__ = ["read_prefix", "write_prefix", "export_official", "prefix_shape", "OFFICIAL_PREFIX", "PREFIX_WEIGHTS",
+           "PREFIX_CONFIG"]
 
 PREFIX_WEIGHTS = "prefix_encoder.safetensors"
 PREFIX_CONFIG = "prefix_config.json"
 OFFICIAL_PREFIX = "transformer.prefix_encoder."
+
+
+def prefix_shape(config) -> tuple[int, int, int]:
+    """``(layers, kv_heads, head_dim)`` of the past keys/values a prefix feeds a model with this transformers config
+    (grouped and multi-query attention included)."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or heads, head_dim
 
 
 def write_prefix(state: dict, config: dict, directory: str | Path, base_model: str | None) -> None:
@@ -53,15 +62,13 @@ def read_prefix(directory: str | Path, base_config=None) -> tuple[dict, dict]:
         raise UsageError(f"{official}: no {OFFICIAL_PREFIX}embedding.weight key; is it a P-Tuning checkpoint?")
     if base_config is None:
         raise ValueError("Reading an official ChatGLM2 prefix needs the base model's config for its shape.")
-    heads = base_config.num_attention_heads
-    head_dim = getattr(base_config, "head_dim", None) or base_config.hidden_size // heads
-    kv_heads = getattr(base_config, "num_key_value_heads", None) or heads
+    layers, kv_heads, head_dim = prefix_shape(base_config)
     pre_seq_len, kv_size = state["embedding.weight"].shape
-    if kv_size != base_config.num_hidden_layers * 2 * kv_heads * head_dim:
+    if kv_size != layers * 2 * kv_heads * head_dim:
         raise UsageError(f"{official}: prefix width {kv_size} does not match the base model "
-                         f"({base_config.num_hidden_layers} layers x 2 x {kv_heads} kv heads x {head_dim}).")
+                         f"({layers} layers x 2 x {kv_heads} kv heads x {head_dim}).")
     projection = "trans.0.weight" in state
-    config = {"pre_seq_len": pre_seq_len, "num_layers": base_config.num_hidden_layers, "kv_heads": kv_heads,
+    config = {"pre_seq_len": pre_seq_len, "num_layers": layers, "kv_heads": kv_heads,
               "head_dim": head_dim, "prefix_projection": projection,
               "hidden_size": state["trans.0.weight"].shape[0] if projection else 0, "dropout": 0.0}
     return config, state

@@ -17,10 +17,10 @@ import torch
 from transformers import GlmConfig, GlmForCausalLM
 
 from ..errors import UsageError, UserError
-from ..left_padded_positions import chatglm2_position_ids  # re-exported: part of the port's API
+from ..left_padded_positions import left_padded_position_ids  # re-exported: part of the port's API
 from .chatglm2_tokenizer import ChatGLM2Tokenizer, is_chatglm2_tokenizer_folder, load_chatglm2_tokenizer
 
-__all__ = ["CheckpointKeyError", "ChatGLM2Tokenizer", "chatglm2_position_ids", "convert_config",
+__all__ = ["CheckpointKeyError", "ChatGLM2Tokenizer", "left_padded_position_ids", "convert_config",
            "convert_state_dict", "is_chatglm2_checkpoint", "load_chatglm2", "load_chatglm2_tokenizer",
            "read_chatglm2_weights", "save_converted", "to_chatglm2_state_dict"]
 

@@ -1,6 +1,7 @@
 """Loading a recipe's base model and tokenizer, with each family's quirks applied."""
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import logging
@@ -10,16 +11,17 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UsageError, UserError, check_safetensors_in
+from ..errors import UsageError, UserError
 from ..precision import resolve_dtype
 from ..recipe import ModelSpec
+from ..safetensors_check import check_safetensors_in
 from .attention import resolve_attention
 from .embedded import embedded_model_path, is_embedded
 from .family import Family, detect_family, get_family
 
-__all__ = ["ModelNotFoundError", "ModelWeightsError", "attention_for", "check_weights", "resolve_model_path",
+__all__ = ["ModelNotFoundError", "ModelWeightsError", "check_weights", "resolve_model_path",
            "resolve_family", "load_tokenizer", "load_model", "quantized_device", "load_config", "native_window",
-           "check_context_window"]
+           "check_context_window", "read_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +50,20 @@ def resolve_model_path(path: str) -> Path:
             f"(`hf download {path} --local-dir DIR`), copy DIR here and run with model.path=DIR.") from None
 
 
-def _config(path: Path) -> dict:
+def read_config(path: Path) -> dict:
+    """The model folder's ``config.json`` as a dict."""
     config = path / "config.json"
     if not config.exists():
         raise ModelNotFoundError(f"{path} has no config.json; model.path must be a Hugging Face model folder.")
     return json.loads(config.read_text())
 
 
-def attention_for(spec: ModelSpec, path: Path) -> str:
-    """The kernel ``model.attn_implementation`` means for the model in ``path`` (``auto`` decided from its config)."""
-    return resolve_attention(spec.attn_implementation, _config(path))
-
-
-def resolve_family(spec: ModelSpec, path: Path) -> Family:
+def resolve_family(spec: ModelSpec, path: Path, raw: dict | None = None) -> Family:
+    """``model.family``, or with ``auto`` the family of the config's ``model_type`` (``raw``: ``config.json`` as the
+    caller read it)."""
     if spec.family != "auto":
         return get_family(spec.family)
-    return detect_family(_config(path).get("model_type", ""))
+    return detect_family((raw if raw is not None else read_config(path)).get("model_type", ""))
 
 
 def load_tokenizer(path: Path, family: Family, trust_remote_code: bool = False):
@@ -89,31 +89,37 @@ def load_tokenizer(path: Path, family: Family, trust_remote_code: bool = False):
 
 
 def load_model(path: Path, family: Family, spec: ModelSpec, quantize: bool = True, dtype: torch.dtype | None = None,
-               **kwargs):
+               config=None, **kwargs):
     """Load the base model as the recipe says: dtype, 4-bit quantisation, RoPE scaling.
 
     Args:
         quantize: honour ``spec.quantization``; ``False`` loads the same base unquantised (merging, baselines).
         dtype: the weights' dtype when not ``spec.dtype`` (``precision.weights_dtype`` decides it for training).
+        config: the config ``resolve_model`` read and checked (``ResolvedModel.config``): used as it is, and the
+            context window and weights format are not checked again.
         kwargs: passed to ``from_pretrained``.
     """
     dtype = dtype or resolve_dtype(spec.dtype)
-    raw = _config(path)
+    raw = read_config(path)
     kwargs.setdefault("attn_implementation", resolve_attention(spec.attn_implementation, raw))
     if spec.quantization is not None and quantize:
         # Unquantised weights (embeddings, norms, head) are stored in the compute dtype, so the head's matmul
         # runs in it too (peft's prepare_model_for_kbit_training would upcast them all to fp32).
         kwargs.update(quantization_config=_bnb_config(spec.quantization), device_map={"": quantized_device()})
         dtype = resolve_dtype(spec.quantization.compute_dtype)
-    _check_weights_format(path, spec)
+    if config is None:
+        _check_weights_format(path, spec)
     if _is_original_chatglm2(family, raw):
         from .chatglm2 import load_chatglm2
 
-        return _with_rope(load_chatglm2(path, dtype=dtype, **kwargs), spec)
+        return _with_rope(load_chatglm2(path, dtype=dtype, **kwargs), spec, checked=config is not None)
     from transformers import AutoModelForCausalLM
 
-    config = load_config(path, family, spec, raw)
-    check_context_window(config, spec)
+    if config is None:
+        config = load_config(path, family, spec, raw)
+        check_context_window(config, spec)
+    else:
+        config = copy.deepcopy(config)  # loading writes into it (RoPE scaling, the kernel): not into the caller's
     if spec.rope_scaling:
         config.rope_parameters = rope_parameters(config, spec)
     try:
@@ -197,7 +203,7 @@ def load_config(path: Path, family: Family, spec: ModelSpec, raw: dict | None = 
     Args:
         raw: ``config.json`` already read by the caller, to avoid reading it again.
     """
-    raw = raw if raw is not None else _config(path)
+    raw = raw if raw is not None else read_config(path)
     if _is_original_chatglm2(family, raw):
         from .chatglm2 import convert_config
 
@@ -240,8 +246,9 @@ def rope_parameters(config, spec: ModelSpec) -> dict:
     return params
 
 
-def _with_rope(model, spec: ModelSpec):
-    check_context_window(model.config, spec)
+def _with_rope(model, spec: ModelSpec, checked: bool = False):
+    if not checked:
+        check_context_window(model.config, spec)
     if spec.rope_scaling:  # a converted ChatGLM2 is built in memory: rebuild its rotary tables, scaled
         model.config.rope_parameters = rope_parameters(model.config, spec)
         rotary = model.model.rotary_emb

@@ -12,13 +12,14 @@ from typing import Any, Optional
 
 from ..recipe import ModelSpec
 from ..templates import TokenizerTemplate, get_template
+from .attention import resolve_attention
 from .family import Family
 from .loading import (
-    attention_for,
     check_context_window,
     check_weights,
     load_config,
     load_tokenizer,
+    read_config,
     resolve_family,
     resolve_model_path,
 )
@@ -38,6 +39,9 @@ class ResolvedModel:
     """A ``Template`` or ``TokenizerTemplate``."""
     attention: str = "auto"
     """The attention kernel ``model.attn_implementation`` resolves to for this model (``auto`` decided)."""
+    config: Any = None
+    """For training (``check_window``): the transformers config, read and checked once (context window, weights);
+    ``load_model`` and ``skeleton`` take it instead of reading ``config.json`` and checking again."""
 
 
 def resolve_model(spec: ModelSpec, template: Any = "auto", tokenizer_from: Optional[Path] = None,
@@ -56,9 +60,12 @@ def resolve_model(spec: ModelSpec, template: Any = "auto", tokenizer_from: Optio
         ModelNotFoundError: the model is not on this machine (the message says how to get it).
     """
     path = resolve_model_path(spec.path)
-    family = resolve_family(spec, path)
+    raw = read_config(path)
+    family = resolve_family(spec, path, raw)
+    config = None
     if check_window:  # training: everything about the model that can be wrong is found before any compute
-        check_context_window(load_config(path, family, spec), spec)
+        config = load_config(path, family, spec, raw)
+        check_context_window(config, spec)
         check_weights(path, spec)
     tokenizer = load_tokenizer(tokenizer_from or path, family, spec.trust_remote_code)
     if template == "auto":
@@ -67,4 +74,4 @@ def resolve_model(spec: ModelSpec, template: Any = "auto", tokenizer_from: Optio
         template = get_template(template)
     if isinstance(template, TokenizerTemplate) and thinking == "drop":
         template = dataclasses.replace(template, enable_thinking=False)
-    return ResolvedModel(path, family, tokenizer, template, attention_for(spec, path))
+    return ResolvedModel(path, family, tokenizer, template, resolve_attention(spec.attn_implementation, raw), config)

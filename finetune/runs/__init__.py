@@ -13,7 +13,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .checkpoints import GracefulStop, MarkComplete, missing_state, write_best
+    from .checkpoints import MarkComplete, missing_state, write_best
     from .files import CLAIM, COMPLETE, STATUS_FILE, latest_checkpoint, latest_run_dir, read_status
     from .folder import (
         RunFolder,
@@ -24,10 +24,12 @@ if TYPE_CHECKING:
         write_run_files,
     )
     from .status import RunStatus
+    from .stopping import GracefulStop
 
 _HOME = {
     "files": ["CLAIM", "COMPLETE", "STATUS_FILE", "latest_checkpoint", "latest_run_dir", "read_status"],
-    "checkpoints": ["GracefulStop", "MarkComplete", "missing_state", "write_best"],
+    "checkpoints": ["MarkComplete", "missing_state", "write_best"],
+    "stopping": ["GracefulStop"],
     "folder": ["RunFolder", "check_free_space", "expected_bytes", "open_run_folder", "save_or_rescue",
                "write_run_files"],
     "status": ["RunStatus"],

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from ..errors import CorruptFileError, check_safetensors_in
+from ..errors import CorruptFileError
+from ..safetensors_check import check_safetensors_in
 
 __all__ = ["CLAIM", "COMPLETE", "STATUS_FILE", "latest_checkpoint", "latest_run_dir", "read_status"]
 

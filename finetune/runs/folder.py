@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from ..errors import CorruptFileError, RunFolderError, UserError, check_safetensors_in
+from ..errors import CorruptFileError, RunFolderError, UserError
 from ..paths import cache_dir
 from ..recipe import Recipe, recipe_to_dict
+from ..safetensors_check import check_safetensors_in
 from .checkpoints import CLAIM, COMPLETE, latest_checkpoint, latest_run_dir, missing_state
 
 __all__ = ["CLAIM", "RunFolder", "open_run_folder", "check_free_space", "expected_bytes", "save_or_rescue",

@@ -18,11 +18,7 @@ from urllib.parse import urlparse
 
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback, WandbCallback
-
-try:
-    from typing import override
-except ImportError:  # Python < 3.12
-    from typing_extensions import override
+from typing_extensions import override  # typing.override from Python 3.12
 
 from ..errors import UsageError
 from ..recipe import Recipe, recipe_to_dict

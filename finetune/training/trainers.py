@@ -6,11 +6,7 @@ from typing import Optional
 
 import torch
 from transformers import Trainer
-
-try:
-    from typing import override
-except ImportError:  # Python < 3.12
-    from typing_extensions import override
+from typing_extensions import override  # typing.override from Python 3.12
 
 from ..data.tokenize import IGNORE_INDEX
 from ..runs import write_run_files

@@ -66,7 +66,7 @@ class Jobs:
 
     def stop(self, run: str) -> None:
         """SIGTERM, as a scheduler or Ctrl-C stops a run: it finishes the step, saves a checkpoint and says how to
-        resume (``finetune.runs.checkpoints.GracefulStop``)."""
+        resume (``finetune.runs.stopping.GracefulStop``)."""
         folder = self.folder(run)
         pid = _holder(folder)
         if pid is None or read_status(folder).get("state") != "running":

@@ -15,17 +15,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...conversation import user_text
+from ..formats import get_format, writable_format_names
 from ..readers import DataError, iter_records, read_examples
 
-__all__ = ["FORMATS", "ConversionError", "Example", "Loaded", "convert_file", "load", "to_record", "write_records"]
-
-FORMATS = ("alpaca", "sharegpt", "firefly", "messages", "adgen")
-"""Formats that hold conversations and can be written; ``text`` can only be read (filter, stats)."""
-
-_KEYS = {"alpaca": {"instruction", "input", "output", "system", "history"}, "sharegpt": {"conversations", "system"},
-         "firefly": {"conversation", "system"}, "messages": {"messages"}, "adgen": {"content", "summary"},
-         "text": {"text"}}
+__all__ = ["ConversionError", "Example", "Loaded", "convert_file", "load", "to_record", "write_records"]
 
 
 class ConversionError(DataError):
@@ -71,7 +64,7 @@ def to_record(messages: list[dict], fmt: str, where: str = "", lossy: bool = Fal
 
     Args:
         messages: The conversation, as the readers produce it.
-        fmt: Target format, one of :data:`FORMATS`.
+        fmt: Target format, one with a writer (``writable_format_names()``).
         where: The source record's location, for error messages.
         lossy: Drop (or merge) what ``fmt`` cannot hold instead of raising.
         lost: Counter of what was dropped, by kind; updated in place.
@@ -79,8 +72,8 @@ def to_record(messages: list[dict], fmt: str, where: str = "", lossy: bool = Fal
     Raises:
         ConversionError: when something would be lost and ``lossy`` is false.
     """
-    if fmt not in FORMATS:
-        raise DataError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt not in writable_format_names():
+        raise DataError(f"unknown format {fmt!r}; choose one of {', '.join(writable_format_names())}")
     lost = Counter() if lost is None else lost
 
     def lose(what: str) -> None:
@@ -89,51 +82,17 @@ def to_record(messages: list[dict], fmt: str, where: str = "", lossy: bool = Fal
                                   "pass --lossy to drop it (counted).")
         lost[what] += 1
 
-    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
-    body = messages[1:] if system is not None else list(messages)
+    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
     if not body or body[0]["role"] != "user":
         raise ConversionError(f"{where}: the conversation has no user prompt (text data?); only conversations "
                               "can be converted or mixed.")
-    if fmt not in ("messages", "sharegpt") and body[-1]["role"] == "user":  # those two allow a trailing prompt
-        lose("a final user turn with no answer")
-        body = body[:-1]
-    if fmt == "messages":  # tool calls travel as JSON text inside the reader; written back as the list they were
-        return {"messages": [{**m, "tool_calls": json.loads(m["tool_calls"])} if m.get("tool_calls") else dict(m)
-                             for m in messages]}
-    if any(m["role"] == "tool" or m.get("tool_calls") or m.get("reasoning_content") for m in messages):
-        lose("reasoning, tool calls or tool results (only messages holds them)")
-        messages = [{k: v for k, v in m.items() if k not in ("tool_calls", "reasoning_content")}
-                    for m in messages if m["role"] != "tool"]
-        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
-        body = [m for m in (messages[1:] if system is not None else messages) if m["content"].strip()]
-    last_input = len(body) - 2 if fmt == "alpaca" else None
-    for i, message in enumerate(body):
-        if message.get("input") and i != last_input:
-            lose("an Alpaca input as its own field (lossy merges it into the prompt)")
-    pairs = [(u["content"] if 2 * k == last_input else user_text(u), a["content"])
-             for k, (u, a) in enumerate(zip(body[::2], body[1::2]))]
-    if fmt == "adgen":
-        if system is not None:
-            lose("a system prompt")
-        if len(pairs) > 1:
-            lose("earlier turns (adgen is single-turn; lossy keeps the last)")
-        return {"content": pairs[-1][0], "summary": pairs[-1][1]}
-    record: dict = {"system": system} if system is not None else {}
-    if fmt == "alpaca":
-        record.update(instruction=pairs[-1][0], input=body[-2].get("input", ""), output=pairs[-1][1])
-        if len(pairs) > 1:
-            record["history"] = [list(pair) for pair in pairs[:-1]]
-        return record
-    if fmt == "sharegpt":
-        turns = [{"from": "human" if m["role"] == "user" else "gpt", "value": user_text(m)} for m in body]
-        return {"conversations": turns, **record}
-    return {"conversation": [{"human": u, "assistant": a} for u, a in pairs], **record}  # firefly
+    return get_format(fmt).write(messages, lose)
 
 
 def carry_extras(record: dict, src: str, dst: str, out: dict) -> dict:
     """Copy top-level fields the source format does not use (``source``, ``id``...) unless the target uses them."""
     for key, value in record.items():
-        if key not in _KEYS[src] and key not in _KEYS[dst] and key not in out:
+        if key not in get_format(src).writes and key not in get_format(dst).writes and key not in out:
             out[key] = value
     return out
 
@@ -156,8 +115,8 @@ def convert_file(src_path: str | Path, dst_path: str | Path, src: str, dst: str,
     Raises:
         ConversionError: on the first record that would lose something, when ``lossy`` is false.
     """
-    if src not in FORMATS or dst not in FORMATS:
-        raise DataError(f"convert works between {', '.join(FORMATS)}; got {src!r} -> {dst!r}")
+    if src not in writable_format_names() or dst not in writable_format_names():
+        raise DataError(f"convert works between {', '.join(writable_format_names())}; got {src!r} -> {dst!r}")
     loaded = load(src_path, src)
     lost: Counter = Counter()
     records = [carry_extras(ex.record, src, dst, to_record(ex.messages, dst, ex.where, lossy, lost))

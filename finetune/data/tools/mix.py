@@ -15,8 +15,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..formats import writable_format_names
 from ..readers import DataError
-from .convert import FORMATS, carry_extras, load, to_record, write_records
+from .convert import carry_extras, load, to_record, write_records
 
 __all__ = ["MixRow", "Source", "mix_files", "parse_source", "plan_counts"]
 
@@ -52,10 +53,11 @@ def parse_source(spec: str) -> Source:
     """
     head, _, last = spec.rpartition(":")
     amount = None
-    if last not in FORMATS:
+    if last not in writable_format_names():
         amount, (head, _, last) = last, head.rpartition(":")
-    if not head or last not in FORMATS:
-        raise DataError(f"--source {spec!r}: expected FILE:FORMAT[:N|:RATIO] with FORMAT one of {', '.join(FORMATS)}")
+    if not head or last not in writable_format_names():
+        raise DataError(f"--source {spec!r}: expected FILE:FORMAT[:N|:RATIO] with FORMAT one of "
+                        f"{', '.join(writable_format_names())}")
     if amount is None:
         return Source(head, last)
     if re.fullmatch(r"\d+", amount) and int(amount) > 0:
@@ -115,8 +117,8 @@ def mix_files(sources: list[Source], out: str | Path, fmt: str = "messages", see
     Raises:
         DataError: for an unreadable source, or a conversation ``fmt`` cannot hold (unless ``lossy``).
     """
-    if fmt not in FORMATS:
-        raise DataError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt not in writable_format_names():
+        raise DataError(f"--format {fmt!r}: choose one of {', '.join(writable_format_names())}")
     stems = Counter(Path(s.path).stem for s in sources)
     loaded = [load(s.path, s.fmt) for s in sources]
     sizes = [len(data.examples) for data in loaded]
