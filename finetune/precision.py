@@ -54,7 +54,7 @@ def _cpu_bf16_flags() -> list[str]:
 
 
 def machine_kind(device_type: str | None = None) -> str:
-    """Which kind of machine a measurement was taken on, for every benchmark result and README number: a bf16
+    """Which kind of machine a measurement was taken on, for every benchmark result and documented number: a bf16
     figure from a CPU with native bf16 says nothing about one without (and the reverse)."""
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type == "cuda":

@@ -124,8 +124,8 @@ class DataSpec:
     """Instead of ``train``: several files mixed into one training set, each ``FILE:FORMAT[:N|:RATIO]`` as for
     ``python -m finetune.data mix`` (N examples, or a share of the mix), seeded by ``training.seed``."""
     format: str = "alpaca"
-    """Record layout: alpaca, adgen, sharegpt, firefly, messages, text or prompt_completion (see README, "Data
-    formats"), or one registered with ``finetune.data.formats.register_format``."""
+    """Record layout: alpaca, adgen, sharegpt, firefly, messages, text or prompt_completion (see docs/data-formats.md,
+    "Record layout"), or one registered with ``finetune.data.formats.register_format``."""
     columns: Mapping[str, str] = field(default_factory=dict)
     """Field names as the data has them, ``{field of the format: column in the data}``, e.g. ``{"instruction":
     "question", "output": "answer"}`` (LLaMA-Factory's ``dataset_info`` columns). On the command line:

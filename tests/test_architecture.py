@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "finetune"
 
-# Bottom to top; README "Development" draws the same picture (test_the_readme_draws_these_layers). Each layer is a
+# Bottom to top; docs/development.md draws the same picture (test_the_docs_draw_these_layers). Each layer is a
 # few top-level modules and packages; a module belongs to the longest prefix listed.
 LAYERS = [
     ("base", ["errors", "paths", "recipe", "recipe_file", "overrides", "precision", "templates", "conversation",
@@ -34,7 +34,7 @@ def layer_of(module: str) -> int:
                 if best is None or len(prefix) > best[1]:
                     best = (index, len(prefix))
     if best is None:
-        raise AssertionError(f"finetune.{module} is in no layer: add it to LAYERS (and the README picture).")
+        raise AssertionError(f"finetune.{module} is in no layer: add it to LAYERS (and docs/development.md's picture).")
     return best[0]
 
 
@@ -131,11 +131,11 @@ def test_the_checks_catch_an_upward_import_and_a_cycle():
                                  ["models.embedded", "data.dataset", "models.embedded"])
 
 
-def readme_layers() -> list[tuple[str, set[str]]]:
-    """The layers as README's "Development" picture draws them, bottom to top: each label with the modules
+def drawn_layers() -> list[tuple[str, set[str]]]:
+    """The layers as the picture in docs/development.md draws them, bottom to top: each label with the modules
     (``x.py``, ``data/__main__.py``) and packages (``x/``) in its rows (dotted, as LAYERS names them)."""
-    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
-    rows = readme.split("Imports go one way", 1)[1].split("```", 2)[1].splitlines()[1:]
+    page = (PACKAGE.parent / "docs" / "development.md").read_text(encoding="utf-8")
+    rows = page.split("Imports go one way", 1)[1].split("```", 2)[1].splitlines()[1:]
     # Three columns: the label, the entries, what they are; the first row shows where each begins.
     label, entries = re.match(r"( \S.*?\s{2,})(\S.*?\s{2,})", rows[0]).groups()
     described_from = len(label) + len(entries)
@@ -148,10 +148,11 @@ def readme_layers() -> list[tuple[str, set[str]]]:
     return layers[::-1]
 
 
-def test_the_readme_draws_these_layers():
-    """README's picture, LAYERS and the tree agree: the same layers in the same order, each naming the same modules
-    and packages, every one of which exists, and every top-level module and package of finetune/ is drawn."""
-    assert readme_layers() == [(name, set(prefixes)) for name, prefixes in LAYERS]
+def test_the_docs_draw_these_layers():
+    """The picture in docs/development.md, LAYERS and the tree agree: the same layers in the same order, each
+    naming the same modules and packages, every one of which exists, and every top-level module and package of
+    finetune/ is drawn."""
+    assert drawn_layers() == [(name, set(prefixes)) for name, prefixes in LAYERS]
     named = {prefix for _, prefixes in LAYERS for prefix in prefixes}
     assert all(_exists(prefix) for prefix in named), sorted(p for p in named if not _exists(p))
     top_level = {p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py"} | {

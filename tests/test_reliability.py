@@ -1,7 +1,7 @@
 """Every mistake a user can make ends in one clean message (#20): exit status 2, one line on stderr that names the
 file, line or field where there is one and says what to do, and no traceback. Each case runs a command's ``main``
 as ``python -m finetune.<command>`` would (in this process, so the cases stay fast; ``test_the_real_command_line``
-runs processes). The README's "When things go wrong" table lists the same cases.
+runs processes). The table in docs/troubleshooting.md lists the same cases.
 """
 from __future__ import annotations
 
@@ -302,7 +302,7 @@ def test_a_blown_up_run_stops_with_the_step_lines_and_advice_and_is_not_saved(
                                      f"training.max_steps={max_steps}", "training.max_grad_norm=0"], capsys,
                           "Training diverged at step", "lines [", "Lower training.learning_rate")
     assert f"now {float(learning_rate):g}" in line
-    print(line)  # for the README table: pytest -s shows what a user sees
+    print(line)  # for the docs/troubleshooting.md table: pytest -s shows what a user sees
     assert not (cli.out / "adapter_model.safetensors").exists()
 
 

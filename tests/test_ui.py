@@ -4,7 +4,7 @@ message), previewed, launched with ``training.max_steps=2``, watched until it fi
 ``/v1``, exported to GGUF; a second run is stopped and resumed from the page, a launch into its busy folder is
 refused, and the two runs are compared on one chart. Then the guards: other origins, paths outside the project.
 
-``FINETUNE_SCREENSHOTS=docs/images pytest tests/test_ui.py`` also saves the README's screenshots.
+``FINETUNE_SCREENSHOTS=docs/images pytest tests/test_ui.py`` also saves the screenshots in docs/web-app.md.
 """
 import os
 import shutil
