@@ -69,6 +69,7 @@ bench: install  ## training speed vs TRL and plain transformers, each config in 
 	$(PY) bench/bench.py $(ARGS)
 	$(PY) bench/bench_load.py
 	$(PY) bench/bench_filter.py
+	$(PY) bench/bench_sharing.py
 
 # A GPU image may have torch, transformers, peft and accelerate but no venv and no network: use the venv when there.
 CHECK_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))

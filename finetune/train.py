@@ -31,7 +31,7 @@ from .runs import (
     write_best,
 )
 from .template_check import check_conversations
-from .training import check_trackers, finish_tracking, tracking_callbacks
+from .training import ShareCores, check_trackers, finish_tracking, tracking_callbacks
 
 __all__ = ["train", "training_arguments", "make_collator", "RunResult"]
 
@@ -76,6 +76,7 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
     args = run_arguments(recipe, Path(recipe.training.output_dir or "runs"), resolved.attention, batching)
     folder = open_run_folder(recipe, resume, dry_run, resume_weights_only)
     status = RunStatus(folder.path, enabled=folder.claimed)  # status.json: what the web app lists runs by
+    cores = None
     try:
         args.output_dir, output_dir = str(folder.path), folder.path
         if not dry_run:
@@ -117,7 +118,8 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
         needed = expected_bytes(model, args, whole_model=method.weights_in_run, tokenizer_dir=resolved.path)
         check_free_space(output_dir, needed)
         stop, tracking = GracefulStop(), tracking_callbacks(recipe, audit, output_dir)
-        trainer = build_trainer(recipe, resolved, model, data, args, [stop, MarkComplete(), status, *tracking],
+        cores = ShareCores()  # two runs on one CPU each take their share of the cores, instead of spinning
+        trainer = build_trainer(recipe, resolved, model, data, args, [stop, MarkComplete(), status, cores, *tracking],
                                 folder.record, method=method, batching=batching)
         if trainer.is_world_process_zero():  # every file of the run folder is written by one process
             (output_dir / "audit.json").write_text(json.dumps(audit.to_dict(), indent=2))
@@ -155,6 +157,8 @@ def train(recipe: Recipe, dry_run: bool = False, resume: bool | str = False,
         raise
     finally:
         folder.release()  # the run is over, whichever way it ended
+        if cores is not None:
+            cores.release()
 
 
 def _finish(trainer, tracking: list, output_dir: Path) -> None:
