@@ -275,7 +275,7 @@ def _until_stop(pieces: Iterator[str], stops: list[str]) -> Iterator[tuple[str, 
         if not started:
             held = held.lstrip()
             started = bool(held)
-        cut = min((held.find(s) for s in stops if s in held), default=-1)
+        cut = _first_stop(held, stops)
         if cut >= 0:
             yield held[:cut].rstrip(), True
             return
@@ -286,8 +286,13 @@ def _until_stop(pieces: Iterator[str], stops: list[str]) -> Iterator[tuple[str, 
     yield held.rstrip(), False
 
 
+def _first_stop(text: str, stops: list[str]) -> int:
+    """Where the first stop string in ``text`` begins, or -1."""
+    return min((text.find(s) for s in stops if s in text), default=-1)
+
+
 def _cut(text: str, stops: list[str]) -> tuple[str, bool]:
-    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    cut = _first_stop(text, stops)
     return (text[:cut].rstrip(), True) if cut >= 0 else (text, False)
 
 

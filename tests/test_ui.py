@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from finetune.runs.files import claim_holder
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
@@ -70,13 +72,9 @@ def ui(project):
 
 
 def _children_of_runs(project: Path) -> list[int]:
-    pids = []
-    for claim in (project / "runs").glob("*/.finetune-claim"):
-        try:
-            pids.append(int(claim.read_text().split()[0]))
-        except (OSError, ValueError, IndexError):
-            pass
-    return pids
+    runs = project / "runs"
+    holders = (claim_holder(folder) for folder in runs.iterdir() if folder.is_dir()) if runs.is_dir() else ()
+    return [pid for pid in holders if pid is not None]
 
 
 @pytest.fixture(scope="module")

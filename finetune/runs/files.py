@@ -13,7 +13,8 @@ from typing import Optional
 from ..errors import CorruptFileError
 from ..safetensors_check import check_safetensors_in
 
-__all__ = ["CLAIM", "COMPLETE", "STATUS_FILE", "latest_checkpoint", "latest_run_dir", "read_status"]
+__all__ = ["CLAIM", "COMPLETE", "STATUS_FILE", "claim_holder", "latest_checkpoint", "latest_run_dir",
+           "process_alive", "read_status"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +73,24 @@ def read_status(folder: str | Path) -> dict:
 
 def _running(folder: Path, pid: Optional[int]) -> bool:
     """Whether process ``pid`` still holds the folder's claim (a recycled pid does not hold the claim)."""
+    holder = claim_holder(folder)
+    return holder is not None and (pid is None or holder == pid) and process_alive(holder)
+
+
+def claim_holder(folder: Path) -> Optional[int]:
+    """The pid in ``folder``'s :data:`CLAIM`, or ``None`` when there is none (or it is being written this instant)."""
     try:
-        holder = int((folder / CLAIM).read_text().split()[0])
+        return int((Path(folder) / CLAIM).read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return False
-    if pid is not None and holder != pid:
-        return False
+        return None
+
+
+def process_alive(pid: int) -> bool:
     try:
-        os.kill(holder, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # another user's live process
         return True
     return True
 

@@ -23,7 +23,8 @@ from ..errors import CorruptFileError, RunFolderError, UserError
 from ..paths import cache_dir
 from ..recipe import Recipe, recipe_to_dict
 from ..safetensors_check import check_safetensors_in
-from .checkpoints import CLAIM, COMPLETE, latest_checkpoint, latest_run_dir, missing_state
+from .checkpoints import missing_state
+from .files import CLAIM, COMPLETE, claim_holder, latest_checkpoint, latest_run_dir, process_alive
 
 __all__ = ["CLAIM", "RunFolder", "open_run_folder", "check_free_space", "expected_bytes", "save_or_rescue",
            "write_run_files"]
@@ -119,13 +120,13 @@ def _claim(path: Path) -> None:
         try:
             fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            holder = _holder(marker)
+            holder = claim_holder(path)
             for _ in range(40):  # created an instant ago, its pid not written yet: wait for it (up to 2 s)
                 if holder is not None:
                     break
                 time.sleep(0.05)
-                holder = _holder(marker)
-            if holder is not None and holder != os.getpid() and _alive(holder):
+                holder = claim_holder(path)
+            if holder is not None and holder != os.getpid() and process_alive(holder):
                 raise RunFolderError(f"{path} is in use by another run (process {holder}, training there now); "
                                      "wait for it to end, or choose another training.output_dir.") from None
             with contextlib.suppress(FileNotFoundError):  # ours already, or its process is gone: take it over
@@ -139,26 +140,9 @@ def _claim(path: Path) -> None:
 
 def _release(path: Path) -> None:
     marker = path / CLAIM
-    if _holder(marker) == os.getpid():
+    if claim_holder(path) == os.getpid():
         with contextlib.suppress(FileNotFoundError):
             marker.unlink()
-
-
-def _holder(marker: Path) -> Optional[int]:
-    try:
-        return int(marker.read_text().split()[0])
-    except (OSError, ValueError, IndexError):  # gone, or being written this instant
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def _create(path: Path, unique: bool) -> Path:

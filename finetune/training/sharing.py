@@ -22,6 +22,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..paths import cache_dir
+from ..runs.files import process_alive
 
 __all__ = ["ShareCores", "live_runs"]
 
@@ -58,10 +59,11 @@ class ShareCores(TrainerCallback):
 
     def share(self) -> int:
         """Take ``cores // live runs`` threads; returns how many."""
-        threads = max(1, self.cores // max(1, live_runs(self.folder)))
+        live = live_runs(self.folder)
+        threads = max(1, self.cores // max(1, live))
         if threads != torch.get_num_threads():
             logger.info("%d training runs share this machine's %d cores: %d thread%s for this one.",
-                        live_runs(self.folder), self.cores, threads, "" if threads == 1 else "s")
+                        live, self.cores, threads, "" if threads == 1 else "s")
             torch.set_num_threads(threads)
         return threads
 
@@ -77,13 +79,9 @@ def live_runs(folder: Path) -> int:
     for marker in folder.iterdir():
         if not marker.name.isdigit():
             continue
-        try:
-            os.kill(int(marker.name), 0)
-        except ProcessLookupError:
+        if process_alive(int(marker.name)):
+            live += 1
+        else:
             with contextlib.suppress(FileNotFoundError):
                 marker.unlink()
-            continue
-        except PermissionError:  # another user's live process
-            pass
-        live += 1
     return live

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import RunFolderError, UsageError
-from ..runs.files import CLAIM, latest_checkpoint, read_status
+from ..runs.files import CLAIM, claim_holder, latest_checkpoint, read_status
 
 __all__ = ["Jobs"]
 
@@ -68,7 +68,7 @@ class Jobs:
         """SIGTERM, as a scheduler or Ctrl-C stops a run: it finishes the step, saves a checkpoint and says how to
         resume (``finetune.runs.stopping.GracefulStop``)."""
         folder = self.folder(run)
-        pid = _holder(folder)
+        pid = claim_holder(folder)
         if pid is None or read_status(folder).get("state") != "running":
             raise RunFolderError(f"{run} is not running; nothing to stop.")
         os.kill(pid, signal.SIGTERM)
@@ -119,13 +119,17 @@ class Jobs:
             return None  # a folder that is no run (nothing of finetune's in it)
         if status.get("state") == "failed" and log.exists() and not status.get("error"):
             status["error"] = _error_line(log)
-        record = _json(folder / "recipe.json") or _json_in_checkpoint(folder) or {}
+        # A stopped run, or one without a recipe.json yet, is described by its latest checkpoint (looked up once: it
+        # reads every checkpoint's safetensors header, and the page asks every 2 s).
+        resumable = status.get("state") in ("stopped", "failed")
+        needs_checkpoint = folder.is_dir() and (resumable or not (folder / "recipe.json").exists())
+        checkpoint = latest_checkpoint(folder) if needs_checkpoint else None
+        record = _json(folder / "recipe.json") or (_json(checkpoint / "recipe.json") if checkpoint else None) or {}
         started = min((p.stat().st_mtime for p in (folder, log) if p.exists()), default=0.0)
         return {"name": run, **status, "started": started, "recipe": record.get("name"),
                 "method": (record.get("method") or {}).get("name"), "model": (record.get("model") or {}).get("path"),
                 "chat": status.get("state") == "finished" and (folder / "template.json").exists(),
-                "resumable": status.get("state") in ("stopped", "failed") and folder.is_dir()
-                and latest_checkpoint(folder) is not None,
+                "resumable": resumable and checkpoint is not None,
                 "log": str(log.relative_to(self.runs)) if log.exists() else None}
 
     def logs(self, run: str) -> list[dict]:
@@ -161,8 +165,8 @@ class Jobs:
         """A folder a live run holds is refused here already; the run's own claim refuses it even if two
         launches race past this check (``finetune.runs.folder``)."""
         if folder.is_dir() and read_status(folder).get("state") == "running":
-            raise RunFolderError(f"{folder.name} is in use by another run (process {_holder(folder)}); wait for it "
-                                 "to end or stop it first.")
+            raise RunFolderError(f"{folder.name} is in use by another run (process {claim_holder(folder)}); wait for "
+                                 "it to end or stop it first.")
 
     def _start(self, run: str, args: list[str]) -> None:
         log = self._log(run)
@@ -186,13 +190,6 @@ def _child_env() -> dict:
     return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root, "PYTHONUNBUFFERED": "1"}
 
 
-def _holder(folder: Path) -> Optional[int]:
-    try:
-        return int((folder / CLAIM).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _error_line(log: Path) -> str:
     """The one-line message a failed command printed (``error: ...``), or its last line."""
     lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
@@ -205,8 +202,3 @@ def _json(path: Path) -> Optional[dict]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _json_in_checkpoint(folder: Path) -> Optional[dict]:
-    checkpoint = latest_checkpoint(folder) if folder.is_dir() else None
-    return _json(checkpoint / "recipe.json") if checkpoint else None
