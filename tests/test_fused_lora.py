@@ -7,7 +7,8 @@ from peft.tuners.lora import layer as lora_layer
 from transformers import AutoModelForCausalLM
 
 from finetune.methods import apply_method
-from finetune.methods.fused_lora import FusedLoraLinear
+from finetune.methods import fused_lora
+from finetune.methods.fused_lora import FusedLoraLinear, keep_mask
 from finetune.models import get_family
 from finetune.recipe import LoraSpec
 
@@ -33,8 +34,12 @@ def _step(model, ids, seed=2):
 
 
 @pytest.mark.parametrize("family, dropout", [("llama", 0.0), ("llama", 0.1), ("opt", 0.0)])  # OPT: biased base
-def test_fused_layer_gives_peft_loss_and_gradients(family, dropout, request, tokenizer):
+def test_fused_layer_gives_peft_loss_and_gradients(family, dropout, request, tokenizer, monkeypatch):
+    """The arithmetic is peft's; with dropout, the fused layer is given ``nn.Dropout``'s masks (its own cheap masks
+    are not bit-equal to them: their statistics are tested below)."""
     path = request.getfixturevalue(f"tiny_{family}")
+    monkeypatch.setattr(fused_lora, "keep_mask",
+                        lambda x, p: (torch.native_dropout(x, p, True)[1], 1 / (1 - p)))  # nn.Dropout's kernel
     ids = torch.tensor([tokenizer("The capital of France is Paris. " * 3)["input_ids"]] * 2)
     peft_model, fused_model = (_lora(path, family, fused, dropout) for fused in (False, True))
     layers = [m for m in fused_model.modules() if isinstance(m, lora_layer.LoraLayer)]
@@ -46,6 +51,57 @@ def test_fused_layer_gives_peft_loss_and_gradients(family, dropout, request, tok
     assert peft_grads.keys() == fused_grads.keys()
     for name, grad in peft_grads.items():
         assert torch.allclose(grad, fused_grads[name], rtol=1e-4, atol=1e-7), name
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_cheap_dropout_masks_keep_at_the_rate_asked_and_independently(p):
+    """Four 16-bit fields of one random word make four mask elements: each position of the word, each element's
+    neighbour and the next call's mask must be independent of it, and the kept fraction times the scale is 1."""
+    torch.manual_seed(0)
+    x = torch.empty(1024, 2048)
+    keep, scale = keep_mask(x, p)
+    assert keep.shape == x.shape and keep.dtype == torch.bool
+    q = keep.double().mean().item()
+    n = keep.numel()
+    assert abs(q - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5  # 5 standard deviations of a binomial proportion
+    assert abs(q * scale - 1) < 5 * (p * (1 - p) / n) ** 0.5 * scale
+    dropped = ~keep.flatten()
+    by_field = dropped.view(-1, 4).double().mean(0)  # the four fields of each word
+    assert (by_field - p).abs().max() < 5 * (p * (1 - p) / (n / 4)) ** 0.5
+    # Pairs: fields of one word (i, i+1), across words (i, i+4), and the same element in the next call's mask.
+    following, _ = keep_mask(x, p)
+    for a, b in ((dropped[:-1], dropped[1:]), (dropped[:-4], dropped[4:]), (dropped, ~following.flatten())):
+        both = (a & b).double().mean().item()
+        assert abs(both - p * p) < 5 * (p * p * (1 - p * p) / a.numel()) ** 0.5, (p, both)
+    assert not torch.equal(keep, following)
+    torch.manual_seed(0)
+    assert torch.equal(keep_mask(x, p)[0], keep)  # the seed decides the masks (set_seed, resumed checkpoints)
+
+
+def test_fused_layer_with_its_own_dropout_matches_autograd_on_the_same_mask(tiny_llama, monkeypatch):
+    """With the cheap masks, forward and every gradient equal plain autograd over the mask the layer drew, and the
+    output averaged over many draws is the undropped output (the kept values are scaled right)."""
+    layer = next(m for m in _lora(tiny_llama, "llama", fused=True, dropout=0.2).modules()
+                 if isinstance(m, FusedLoraLinear))
+    drawn = []
+    monkeypatch.setattr(fused_lora, "keep_mask", lambda x, p: drawn.append(keep_mask(x, p)) or drawn[-1])
+    torch.manual_seed(3)
+    x = torch.randn(4, 8, layer.in_features, requires_grad=True)
+    out = layer(x)
+    out.backward(grad := torch.randn_like(out))
+    (mask, scale), = drawn
+    weight, a, b = layer.get_base_layer().weight, layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    x_ref = x.detach().clone().requires_grad_()
+    ref = x_ref @ weight.T + layer.scaling["default"] * (x_ref * mask.view(x.shape) * scale) @ a.T @ b.T
+    assert torch.allclose(out, ref, atol=1e-5)
+    grads = torch.autograd.grad(ref, (x_ref, a, b), grad)
+    assert torch.allclose(x.grad, grads[0], atol=1e-5)
+    assert torch.allclose(a.grad, grads[1], atol=1e-5) and torch.allclose(b.grad, grads[2], atol=1e-5)
+    with torch.no_grad():
+        adapter = layer(x) - x @ weight.T
+        expected = layer.scaling["default"] * x @ a.T @ b.T
+        mean = sum(layer(x) - x @ weight.T for _ in range(2000)) / 2000
+    assert (mean - expected).abs().mean() < 0.05 * expected.abs().mean() and not torch.allclose(adapter, expected)
 
 
 def test_fused_adapter_saves_loads_and_merges_as_peft(tiny_llama, tokenizer, tmp_path):

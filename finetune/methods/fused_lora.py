@@ -14,6 +14,13 @@ exactly as peft's (the saved files do not know about it). Anything off the plain
 adapters, DoRA and other variants, a LoRA bias, a trainable base, mixed-adapter batches — goes to peft's own
 forward.
 
+Dropout: the keep mask is drawn four elements per random 64-bit word (each element compares a 16-bit field with
+``round(p * 65536)``) instead of one Bernoulli draw per element, which on CPU took 22 % of the demo's bf16 step
+(``bench/README.md``, the profile). The keep probability is ``p`` rounded to 1/65536 and the kept values are scaled
+by the inverse of that exact probability, so the expectation is unchanged; the masks come from torch's generator
+(seeded by ``set_seed``, saved in checkpoints) but are not bit-equal to ``nn.Dropout``'s (tests/test_fused_lora.py
+checks keep rate and independence). ``method.fused=false`` gives peft's layer and ``nn.Dropout``'s masks.
+
 Mixed precision: under autocast (``training.bf16``, the default over a bf16 base) every matmul runs in autocast's
 dtype, the fp32 adapters included, and their gradients return in fp32 — what peft's layer does under autocast
 (tests/test_precision.py bounds the difference to fp32). Without autocast the layer runs when base, adapters and
@@ -29,7 +36,22 @@ from torch import nn
 
 from ..precision import compute_dtype
 
-__all__ = ["FusedLoraLinear", "fuse_lora_layers"]
+__all__ = ["FusedLoraLinear", "fuse_lora_layers", "keep_mask"]
+
+_FIELD = 1 << 16  # the resolution of the keep probability: one 16-bit field per element, four per random word
+
+
+def keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """A dropout keep mask shaped like ``x`` (``True`` = kept) and the scale of the kept values (module doc).
+
+    One ``random_`` over ``numel / 4`` full-range int64 words, viewed as int16 fields: a quarter of the generator
+    calls of ``bernoulli_``, and no per-element float compare against a probability.
+    """
+    dropped = min(round(p * _FIELD), _FIELD)
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
+    fields = words.view(torch.int16)[:x.numel()].view(x.shape)
+    keep = fields >= dropped - _FIELD // 2  # P(field >= t - 32768) = (65536 - t) / 65536
+    return keep, (_FIELD / (_FIELD - dropped) if dropped < _FIELD else 0.0)
 
 
 class _LoraLinear(torch.autograd.Function):
@@ -40,15 +62,13 @@ class _LoraLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dropout: float, dtype: torch.dtype):
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
         a, b = lora_a.to(dtype), lora_b.to(dtype)
-        if dropout:
-            dropped, mask = torch.native_dropout(x2, dropout, True)  # the kernel nn.Dropout runs: same mask
-        else:
-            dropped, mask = x2, None
+        mask, scale = keep_mask(x2, dropout) if dropout else (None, 1.0)
+        dropped = x2 if mask is None else x2.mul(mask).mul_(scale)
         h = dropped @ a.t()
         out = F.linear(x2, weight.to(dtype), None if bias is None else bias.to(dtype)).addmm_(h, b.t(), alpha=scaling)
         # The frozen weight is saved as it is stored (a bf16 copy of an fp32 one would cost memory per layer).
         ctx.save_for_backward(dropped, h, mask, weight, a, b)
-        ctx.scaling, ctx.dropout, ctx.shape, ctx.dtype = scaling, dropout, x.shape, dtype
+        ctx.scaling, ctx.keep_scale, ctx.shape, ctx.dtype = scaling, scale, x.shape, dtype
         ctx.dtypes = (x.dtype, lora_a.dtype, lora_b.dtype)
         return out.view(*x.shape[:-1], out.shape[-1])
 
@@ -66,7 +86,7 @@ class _LoraLinear(torch.autograd.Function):
             if mask is None:
                 grad_x.addmm_(grad_h, lora_a)
             else:
-                grad_x.add_((grad_h @ lora_a).mul_(mask), alpha=1 / (1 - ctx.dropout))
+                grad_x.add_((grad_h @ lora_a).mul_(mask), alpha=ctx.keep_scale)
             grad_x = grad_x.view(ctx.shape).to(x_dtype)
         return grad_x, None, None, grad_a, grad_b, None, None, None
 
