@@ -7,6 +7,7 @@ measures exactly what a run executes.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -18,10 +19,13 @@ from .evaluation import GenerationEval
 from .methods import Method, get_method
 from .models import ResolvedModel, load_config, load_model
 from .precision import resolve_dtype, upcast_trainable, weights_dtype
-from .recipe import ModelSpec, Recipe, RecipeError, TrainingSpec, resolved_batching
-from .training import PaddingCollator, PaddingFreeCollator, tokens_seen_mode, training_report_to
+from .recipe import ModelSpec, Recipe, RecipeError, TrainingSpec, resolved_batching, token_budget
+from .training import PaddingCollator, PaddingFreeCollator, TokenBudgetBins, tokens_seen_mode, training_report_to
 
-__all__ = ["build_trainer", "make_collator", "method_model", "run_arguments", "skeleton", "training_arguments"]
+__all__ = ["build_trainer", "make_collator", "method_model", "run_arguments", "skeleton", "training_arguments",
+           "training_batches"]
+
+logger = logging.getLogger("finetune")
 
 
 def method_model(path: Path, family, model_spec: ModelSpec, method_spec, *, method: Optional[Method] = None,
@@ -50,7 +54,7 @@ def skeleton(path: Path, family, model_spec: ModelSpec, method_spec, *, config=N
 def make_collator(batching: str, tokenizer, attn_implementation: str = "auto"):
     """The collator for a resolved ``data.batching``; padding rounds to 8 only on GPUs (tensor cores); packed rows
     carry flash-attention's varlen arguments when that kernel runs."""
-    if batching == "padding_free":
+    if batching in ("padding_free", "packed"):
         return PaddingFreeCollator(flash_attn_kwargs=attn_implementation.startswith("flash_attention"))
     return PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
 
@@ -65,6 +69,8 @@ def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "pa
     """
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in ("extra", "output_dir")}
     fields["bf16"] = compute == torch.bfloat16 if spec.bf16 is None else spec.bf16
+    if batching == "packed":  # one bin of the token budget per batch (finetune/training/packing.py)
+        fields["per_device_train_batch_size"] = 1
     defaults = {
         "use_cpu": not torch.cuda.is_available(), "prediction_loss_only": True,
         "remove_unused_columns": False, "label_names": ["labels"], "disable_tqdm": False,
@@ -122,12 +128,23 @@ def build_trainer(recipe: Recipe, resolved: ResolvedModel, model, data, args: Tr
     """
     output_dir = Path(args.output_dir)
     method = method or get_method(recipe.method.name)
+    batching = batching or resolved_batching(recipe, resolved.attention)
     return method.trainer(
-        model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-        data_collator=make_collator(batching or resolved_batching(recipe, resolved.attention), resolved.tokenizer,
-                                    resolved.attention),
+        model=model, args=args, train_dataset=training_batches(recipe, data.train, batching), eval_dataset=data.eval,
+        data_collator=make_collator(batching, resolved.tokenizer, resolved.attention),
         processing_class=resolved.tokenizer, template=resolved.template, recipe=record or recipe, callbacks=callbacks,
         generation_eval=_generation_eval(recipe, data.eval, output_dir))
+
+
+def training_batches(recipe: Recipe, train, batching: str):
+    """The training examples as the Trainer should draw them: as they are, or in bins of the token budget under
+    ``data.batching=packed`` (one bin per batch)."""
+    if batching != "packed":
+        return train
+    bins = TokenBudgetBins(train, token_budget(recipe))
+    logger.info("Packed %d examples into %d batches of at most %d tokens (%.1f %% of the budget used)", len(train),
+                len(bins), bins.budget, 100 * bins.fill())
+    return bins
 
 
 def _generation_eval(recipe: Recipe, eval_data, output_dir: Path) -> Optional[GenerationEval]:

@@ -19,6 +19,7 @@ __all__ = [
     "ModelSpec", "QuantSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec",
     "EvalSpec", "Recipe",
     "RecipeError", "check_settings_agree", "check_types", "recipe_to_dict", "recipe_from_dict", "resolved_batching",
+    "token_budget",
     "register_format_name", "register_method_spec",
 ]
 
@@ -39,7 +40,7 @@ CHOICES = {
     "model.quantization.quant_type": ("nf4", "fp4"),
     "model.quantization.compute_dtype": DTYPES,
     "data.format": _FORMAT_NAMES,  # the live registry: a registered format is accepted and offered too
-    "data.batching": ("auto", "padded", "padding_free", "group_by_length"),
+    "data.batching": ("auto", "padded", "padding_free", "packed", "group_by_length"),
     "data.overlong": ("truncate", "drop", "error"),
     "data.thinking": ("auto", "keep", "drop"),
 }
@@ -168,7 +169,14 @@ class DataSpec:
     """``padding_free`` (examples concatenated into one row, positions restarting at 0: no pad token is
     computed), ``padded`` (right padding to the longest in the batch), or ``group_by_length`` (padded batches of
     similar lengths). ``auto``: padding_free, the fastest in ``make bench`` (P-Tuning v2 too, unless
-    model.attn_implementation names a kernel that cannot share its prefix between packed examples: then padded)."""
+    model.attn_implementation names a kernel that cannot share its prefix between packed examples: then padded).
+    ``packed``: padding-free rows filled to a token budget (``max_tokens_per_batch``) by best-fit decreasing, so
+    every step computes about the same number of tokens (flat, predictable memory on a GPU); the number of examples
+    per step then varies and ``training.per_device_train_batch_size`` is not used for training batches."""
+    max_tokens_per_batch: Optional[int] = None
+    """``batching=packed``: tokens per training batch (per process, per accumulation step); at least
+    model.max_length, so every example fits. Default: per_device_train_batch_size x model.max_length, the largest
+    padded batch the same settings could make."""
 
     def __post_init__(self):
         check_types(self)
@@ -180,6 +188,9 @@ class DataSpec:
             object.__setattr__(self, "columns", _parse_columns(self.columns))
         if self.num_proc < 0:
             raise RecipeError(f"data.num_proc={self.num_proc} must be 0 (all cores) or a number of processes.")
+        if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < 1:
+            raise RecipeError(f"data.max_tokens_per_batch={self.max_tokens_per_batch} must be a positive number of "
+                              "tokens.")
         if not 0.0 <= self.eval_split < 1.0:
             raise RecipeError(f"data.eval_split={self.eval_split} must be in [0, 1).")
 
@@ -374,12 +385,17 @@ class Recipe:
             raise RecipeError("data.train is empty: set it to a JSON/JSONL file of examples (or data.sources).")
         if self.data.train and self.data.sources:
             raise RecipeError("Set data.train or data.sources, not both.")
-        if self.data.batching == "padding_free" and not _packs(self):
+        if self.data.batching in ("padding_free", "packed") and not _packs(self):
             allowed = " or ".join(self.method.padding_free_attention)
-            raise RecipeError(f"data.batching=padding_free with method {self.method.name!r} needs "
+            raise RecipeError(f"data.batching={self.data.batching} with method {self.method.name!r} needs "
                               f"model.attn_implementation={allowed} (every packed example must attend to the shared "
                               f"prefix and to itself only); {self.model.attn_implementation!r} cannot, so use it with "
                               "data.batching=padded.")
+
+
+def token_budget(recipe: Recipe) -> int:
+    """Tokens per training batch under ``data.batching=packed`` (``data.max_tokens_per_batch`` or its default)."""
+    return recipe.data.max_tokens_per_batch or recipe.training.per_device_train_batch_size * recipe.model.max_length
 
 
 def check_settings_agree(recipe: Recipe) -> None:
@@ -389,11 +405,20 @@ def check_settings_agree(recipe: Recipe) -> None:
 
     Raises:
         RecipeError: evaluation asked for without held-out data (transformers' ValueError came after the model
-            loaded); a best-model metric only ``eval.generate`` logs, with it off (a KeyError after training).
+            loaded); a token budget without packed batches, or one the longest examples do not fit in; a
+            best-model metric only ``eval.generate`` logs, with it off (a KeyError after training).
     """
     if recipe.training.eval_strategy != "no" and not (recipe.data.eval or recipe.data.eval_split):
         raise RecipeError(f"training.eval_strategy={recipe.training.eval_strategy} evaluates held-out data, and the "
                           "recipe has none: set data.eval (a file) or data.eval_split, or training.eval_strategy=no.")
+    budget = recipe.data.max_tokens_per_batch
+    if budget is not None and recipe.data.batching != "packed":
+        raise RecipeError(f"data.max_tokens_per_batch={budget} sets the token budget of data.batching=packed, and "
+                          f"data.batching is {recipe.data.batching}: set data.batching=packed, or drop the budget.")
+    if budget is not None and budget < recipe.model.max_length:
+        raise RecipeError(f"data.max_tokens_per_batch={budget} is below model.max_length={recipe.model.max_length}, "
+                          "so the longest examples would fit in no batch: raise it to at least "
+                          f"{recipe.model.max_length} (or lower model.max_length).")
     metric = (recipe.training.extra.get("metric_for_best_model") or "").removeprefix("eval_")
     if metric in GENERATION_METRICS and not recipe.eval.generate:
         raise RecipeError(f"training.metric_for_best_model=eval_{metric} is a generation score, logged only with "

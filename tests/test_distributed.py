@@ -36,6 +36,8 @@ def method_recipes(tiny_llama: Path, untied: Path, data: Path, out: Path) -> lis
         "lora": (tiny_llama, lora, {}, {}),
         "lora_fp32": (tiny_llama, lora, {"dtype": "float32"}, {}),
         "lora_held_out": (tiny_llama, lora, {}, {"eval": str(data)}),  # evaluates before training, under DDP
+        # Token-budget bins of 3 examples and 1 (96 tokens each at most): one per process, one step.
+        "lora_packed": (tiny_llama, lora, {}, {"batching": "packed", "max_tokens_per_batch": 96}),
         "dora": (tiny_llama, dataclasses.replace(lora, use_dora=True), {}, {}),
         "qlora": (tiny_llama, lora, {"quantization": QuantSpec(compute_dtype="float32")}, {}),
         "ptuning": (tiny_llama, PTuningSpec(pre_seq_len=4, prefix_dropout=0.0), {}, {}),
@@ -84,6 +86,9 @@ def ddp_and_single(tiny_llama, untied_llama, tmp_path_factory):
     for recipe in method_recipes(tiny_llama, untied_llama, data, work / "single"):
         recipe = dataclasses.replace(recipe, training=dataclasses.replace(recipe.training,
                                                                           per_device_train_batch_size=4))
+        if recipe.data.batching == "packed":  # the same four examples in one padded batch
+            recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, batching="padded",
+                                                                          max_tokens_per_batch=None))
         train(recipe)
         single.append(recipe)
     return {r.name: (Path(r.training.output_dir), Path(s.training.output_dir)) for r, s in zip(ddp, single)}, reports
@@ -93,8 +98,8 @@ def ddp_and_single(tiny_llama, untied_llama, tmp_path_factory):
 TOLERANCE = {"lora_fp32": 1e-5}
 
 
-@pytest.mark.parametrize("name", ["lora", "lora_fp32", "lora_held_out", "dora", "qlora", "ptuning", "full_tied",
-                                  "full_untied"])
+@pytest.mark.parametrize("name", ["lora", "lora_fp32", "lora_held_out", "lora_packed", "dora", "qlora", "ptuning",
+                                  "full_tied", "full_untied"])
 def test_two_processes_make_the_single_process_update(name, ddp_and_single):
     runs, _ = ddp_and_single
     ddp_run, single_run = runs[name]

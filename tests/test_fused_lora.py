@@ -6,8 +6,7 @@ from peft import PeftModel
 from peft.tuners.lora import layer as lora_layer
 from transformers import AutoModelForCausalLM
 
-from finetune.methods import apply_method
-from finetune.methods import fused_lora
+from finetune.methods import apply_method, fused_lora
 from finetune.methods.fused_lora import FusedLoraLinear, keep_mask
 from finetune.models import get_family
 from finetune.recipe import LoraSpec

@@ -56,7 +56,8 @@ class PaddingFreeCollator:
     kernels (flash-attention), so examples never attend to each other and the loss equals the padded batch's.
     The first label of every example is set to -100: in a padded batch position 0 is never a target either, and
     here it would otherwise be predicted from the previous example's last token. The number of optimiser steps
-    does not change (one batch is still ``per_device_train_batch_size`` examples).
+    does not change (one batch is still ``per_device_train_batch_size`` examples). Given bins of examples
+    (``data.batching=packed``) it packs their examples the same way.
 
     Args:
         flash_attn_kwargs: also emit ``cu_seq_lens_q/k`` (int32 example boundaries) and ``max_length_q/k``, as
@@ -67,7 +68,9 @@ class PaddingFreeCollator:
 
     flash_attn_kwargs: bool = False
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict] | list[list[dict]]) -> dict[str, torch.Tensor]:
+        if features and isinstance(features[0], list):  # bins of a token budget (finetune/training/packing.py)
+            features = [example for bin_ in features for example in bin_]
         input_ids, labels, positions, bounds = [], [], [], [0]
         for feature in features:
             ids = list(feature["input_ids"])

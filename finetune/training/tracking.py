@@ -61,7 +61,7 @@ def tokens_seen_mode(batching: str) -> str:
     mask), so every token is real, whereas "non_padding" would fall back to dropping tokens equal to the pad id,
     which miscounts EOS when pad == EOS.
     """
-    return "all" if batching == "padding_free" else "non_padding"
+    return "all" if batching in ("padding_free", "packed") else "non_padding"
 
 
 _WANDB_ADVICE = ("fix WANDB_API_KEY, or set WANDB_MODE=offline (the run logs into <run>/wandb for `wandb sync` "
