@@ -9,7 +9,9 @@ Offline and within ~8 minutes on one GPU, it runs:
 2. **kernels** on the device, bf16 against fp32: the chunked LM-head loss, ``sdpa_packed`` against padded SDPA
    (loss and gradients), and which SDPA backend PyTorch takes for a packed example with and without a P-Tuning
    prefix.
-3. **throughput**: a few-layer Llama with Llama-2-7B's layer shapes (hidden 4096, 32 heads, MLP 11008, vocab
+3. **speed switches**: ``training.torch_compile`` (regional, dynamic shapes) and ``training.use_liger_kernel`` on
+   LoRA against the eager run: losses, compile time (the first step), later steps' time, graph breaks.
+4. **throughput**: a few-layer Llama with Llama-2-7B's layer shapes (hidden 4096, 32 heads, MLP 11008, vocab
    32000): real tokens/s and model FLOP utilisation of LoRA, QLoRA and full fine-tuning, against the bf16 matmul
    peak measured in the same run.
 
@@ -40,11 +42,14 @@ from bench import matmul_peak, sync_device  # noqa: E402 - bench/ is on the path
 
 WHEELS = ROOT / ".whl"
 NEEDED = ("datasets", "matplotlib", "bitsandbytes")  # beyond torch, transformers, peft and accelerate
+OPTIONAL = ("liger_kernel",)  # installed from the wheels when there, its row skipped (with the reason) when not
 # Those three and what they need that such an image lacks, at the versions installed here.
 WHEEL_PACKAGES = ("datasets", "dill", "multiprocess", "xxhash", "fsspec", "matplotlib", "contourpy", "cycler",
                   "fonttools", "kiwisolver", "pyparsing", "bitsandbytes",
                   # the OpenAI-compatible server's request model (finetune.serve)
-                  "pydantic", "pydantic_core", "annotated_types", "typing_inspection")
+                  "pydantic", "pydantic_core", "annotated_types", "typing_inspection",
+                  # training.use_liger_kernel (pure Python over Triton, which CUDA builds of torch bring)
+                  "liger_kernel")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64")
 
@@ -79,7 +84,8 @@ def install_wheels(folder: Path) -> list[str]:
     """Install what is missing from ``folder`` (no index, no network) into a temporary site folder."""
     missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
     wheels = sorted(str(p) for p in folder.glob("*.whl")) if folder.is_dir() else []
-    if not missing or not wheels:
+    optional = [name for name in OPTIONAL if importlib.util.find_spec(name) is None]
+    if not (missing or optional) or not wheels:
         return missing
     site = Path(tempfile.mkdtemp(prefix="gpu-check-site-"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
@@ -220,6 +226,48 @@ def check_serving(runs: Path, device: str) -> dict:
     return {"device": on, "answer": whole, "streamed": streamed, "stop": stop, "cut": cut_text,
             "ok": bool(whole) and whole == expected == streamed and on.startswith(device)
             and cut_text == whole[:whole.find(stop)].rstrip()}
+
+
+def check_speed_switches(models: dict, data: Path, work: Path, device: str, steps: int) -> list[dict]:
+    """``training.torch_compile`` and ``training.use_liger_kernel`` on LoRA (fused layer, padding-free batches,
+    ``sdpa_packed``, the chunked loss) against the eager run of the same steps: losses, the time to the first step
+    (compilation) and the mean time of the later steps; no graph break; Liger skipped off CUDA or uninstalled."""
+    from torch._dynamo.utils import counters
+
+    from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
+    from finetune.train import train
+
+    cases = {"eager": {}, "torch_compile": {"torch_compile": True}, "liger": {"use_liger_kernel": True}}
+    rows, eager = [], None
+    for name, extra in cases.items():
+        if name == "liger" and (device != "cuda" or importlib.util.find_spec("liger_kernel") is None):
+            rows.append({"switch": name, "skipped": "no CUDA device" if device != "cuda" else
+                         "liger-kernel is not installed (make gpu-wheels carries it)"})
+            continue
+        counters.clear()
+        recipe = Recipe(
+            name=f"switch_{name}", model=ModelSpec(path=str(models["llama"]), max_length=128),
+            data=DataSpec(train=str(data), format="alpaca", template="chatml"),
+            method=LoraSpec(r=8, alpha=16, dropout=0.0),
+            training=TrainingSpec(output_dir=str(work / name), max_steps=steps, per_device_train_batch_size=4,
+                                  learning_rate=1e-2, logging_steps=1, save_strategy="no", extra=extra),
+            eval=EvalSpec(samples=0))
+        try:
+            train(recipe)
+        except Exception as error:  # noqa: BLE001 - recorded, the check goes on
+            rows.append({"switch": name, "ok": False, "message": str(error)[:300],
+                         "error": traceback.format_exc()[-2000:]})
+            continue
+        logged = [e for e in map(json.loads, (work / name / "logs.jsonl").read_text().splitlines()) if "loss" in e]
+        losses, clock = [e["loss"] for e in logged], [e["train_runtime"] for e in logged]  # seconds since start
+        row = {"switch": name, "losses": losses, "first_step_s": round(clock[0], 2),
+               "later_step_s": round((clock[-1] - clock[0]) / max(len(clock) - 1, 1), 4),
+               "graph_breaks": sum(counters["graph_break"].values())}
+        eager = eager or row
+        row["ok"] = (row["graph_breaks"] == 0 and len(losses) == len(eager["losses"])
+                     and all(abs(a - b) <= 2e-2 * abs(b) for a, b in zip(losses, eager["losses"])))
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------- 2. kernels on the device
@@ -411,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     report["matmul_peak_gflops"] = peak = matmul_peak(args.device)
     stages = {"methods": lambda: check_methods(models, data, work / "runs", args.steps or (3 if args.smoke else 8)),
               "serving": lambda: check_serving(work / "runs", args.device),
+              "speed_switches": lambda: check_speed_switches(models, data, work / "switches", args.device,
+                                                             args.steps or (4 if args.smoke else 12)),
               "kernels": lambda: check_kernels(args.device, models["llama"], tokenizer),
               "throughput": lambda: check_throughput(args.device, work, args.smoke, peak)}
     for name, stage in stages.items():
@@ -423,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[gpu-check] {name}: {report[f'{name}_seconds']} s", file=sys.stderr, flush=True)
     report["seconds"] = round(time.perf_counter() - started, 1)
     methods = report["methods"] if isinstance(report["methods"], list) else []
-    report["ok"] = (bool(methods) and all(m.get("ok", True) for m in methods)
+    switches = report["speed_switches"] if isinstance(report["speed_switches"], list) else []
+    report["ok"] = (bool(methods) and all(m.get("ok", True) for m in methods + switches)
                     and report["serving"].get("ok", "skipped" in report["serving"]) is True
                     and not any(isinstance(report[s], dict) and "error" in report[s] for s in stages))
     out = Path(args.out)
@@ -442,6 +493,11 @@ def summary(report: dict) -> str:
             "message", f"eval {m.get('eval_loss_before')} -> {m.get('eval_loss_after')}, {m.get('saved_dtypes')}"))
         lines.append(f"  {m['family']:<6} {m['method']:<28} {state}")
     lines.append(f"  serving: {json.dumps(report.get('serving'), default=str)[:300]}")
+    for row in report["speed_switches"] if isinstance(report["speed_switches"], list) else []:
+        state = f"skipped: {row['skipped']}" if "skipped" in row else (
+            f"{'ok' if row['ok'] else 'FAILED'} first step {row.get('first_step_s')} s, later "
+            f"{row.get('later_step_s')} s/step, graph breaks {row.get('graph_breaks')}")
+        lines.append(f"  {row['switch']:<14} {state}")
     lines.append(f"  kernels: {json.dumps(report['kernels'], default=str)[:600]}")
     for t in report["throughput"] if isinstance(report["throughput"], list) else [report["throughput"]]:
         lines.append(f"  throughput: {json.dumps(t, default=str)[:300]}")

@@ -7,6 +7,7 @@ measures exactly what a run executes.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -85,12 +86,42 @@ def training_arguments(spec: TrainingSpec, output_dir: Path, batching: str = "pa
         defaults["train_sampling_strategy"] = "group_by_length"
     accepted = {f.name for f in dataclasses.fields(TrainingArguments)}
     kwargs = {k: v for k, v in {**defaults, **fields, **spec.extra}.items() if k in accepted}
+    if kwargs.get("use_liger_kernel"):
+        kwargs["liger_kernel_config"] = liger_kernel_config(kwargs.get("liger_kernel_config"))
     kwargs["report_to"] = training_report_to(spec.report_to)  # W&B and TensorBoard come as tracking callbacks
     try:
         return TrainingArguments(output_dir=str(output_dir), **kwargs)
     except (ValueError, TypeError) as err:  # an unknown lr_scheduler_type, optim, strategy ...: before any compute
         reason = " ".join(str(err).split())
         raise RecipeError(f"transformers.TrainingArguments refused the training settings: {reason}") from None
+
+
+LIGER_KERNELS = {"rope": True, "swiglu": True, "rms_norm": True, "cross_entropy": False,
+                 "fused_linear_cross_entropy": False}
+"""Liger's kernels under ``training.use_liger_kernel``: its RoPE, SwiGLU and RMSNorm; not its losses, because the
+chunked loss (``finetune/training/loss.py``) already makes the head's logits a chunk at a time at supervised
+positions only, and the model is never given labels, so Liger's fused linear cross-entropy would not run anyway."""
+
+
+def liger_kernel_config(explicit: Optional[dict]) -> dict:
+    """``training.liger_kernel_config`` with :data:`LIGER_KERNELS` as defaults, after checking Liger can run here.
+
+    Raises:
+        RecipeError: no CUDA GPU (Liger's kernels are Triton, GPU only), liger-kernel not installed, or a config
+            asking for Liger's losses (they would replace the chunked loss this trainer computes).
+    """
+    if not torch.cuda.is_available():
+        raise RecipeError("training.use_liger_kernel=true needs a CUDA GPU: Liger's kernels are written in Triton, "
+                          "which runs on GPUs only. Leave it off on this machine.")
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise RecipeError("training.use_liger_kernel=true needs the liger-kernel package: pip install liger-kernel")
+    config = {**LIGER_KERNELS, **(explicit or {})}
+    losses = [k for k in ("cross_entropy", "fused_linear_cross_entropy") if config.get(k)]
+    if losses:
+        raise RecipeError(f"training.liger_kernel_config turns on Liger's {' and '.join(losses)}: finetune computes "
+                          "the loss itself (a chunk of the LM head at a time, supervised positions only), so it would "
+                          "never run; leave them false.")
+    return config
 
 
 def run_arguments(recipe: Recipe, output_dir: Path, attention: Optional[str] = None,

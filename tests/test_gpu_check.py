@@ -1,7 +1,8 @@
 """``make gpu-check`` in its CPU smoke mode: the script a GPU owner runs works end to end and reports sanely.
 
 On CPU this proves the code path, not GPU numbers: every method trains in bf16 (this CPU's autocast), the kernel
-parity numbers are within the tolerances tests/test_precision.py states, and the throughput stage times LoRA,
+parity numbers are within the tolerances tests/test_precision.py states, compiled LoRA trains at the eager losses
+without graph breaks (Liger is skipped with its reason), and the throughput stage times LoRA,
 QLoRA and full fine-tuning; a trained run answers through the OpenAI-compatible server's generation.
 """
 import json
@@ -32,6 +33,10 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
         assert m["eval_loss_after"] < m["eval_loss_before"] and m["saved_dtypes"] == ["torch.float32"]
     serving = report["serving"]  # the OpenAI-compatible server's generation on the device
     assert serving["ok"] and serving["device"] == "cpu" and serving["answer"] == serving["streamed"] != ""
+    switches = {row["switch"]: row for row in report["speed_switches"]}  # compiled LoRA against eager
+    assert switches["torch_compile"]["ok"] and switches["torch_compile"]["graph_breaks"] == 0
+    assert len(switches["torch_compile"]["losses"]) == len(switches["eager"]["losses"]) == 4
+    assert switches["liger"]["skipped"] == "no CUDA device"
     kernels = report["kernels"]
     assert kernels["chunked_loss_bf16_vs_fp32"]["loss_relative"] < 1e-2
     assert kernels["sdpa_packed_bf16"]["loss_relative_to_fp32"] < 1e-2

@@ -45,8 +45,12 @@ def keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
     """A dropout keep mask shaped like ``x`` (``True`` = kept) and the scale of the kept values (module doc).
 
     One ``random_`` over ``numel / 4`` full-range int64 words, viewed as int16 fields: a quarter of the generator
-    calls of ``bernoulli_``, and no per-element float compare against a probability.
+    calls of ``bernoulli_``, and no per-element float compare against a probability. Under ``torch.compile`` the
+    mask is a compare of ``rand_like``, which inductor generates inside the kernel that applies it (and dynamo
+    cannot trace the in-place ``random_``).
     """
+    if torch.compiler.is_compiling():  # inductor draws uniform numbers inside the fused kernel: cheap there
+        return torch.rand_like(x, dtype=torch.float32) >= p, (1 / (1 - p) if p < 1 else 0.0)
     dropped = min(round(p * _FIELD), _FIELD)
     words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
     fields = words.view(torch.int16)[:x.numel()].view(x.shape)

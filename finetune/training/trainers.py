@@ -45,6 +45,24 @@ class SFTTrainer(Trainer):
         self._loss_shifts_labels = True
 
     @override
+    def _build_accelerator_args(self, **kwargs) -> dict:
+        """The Trainer's accelerate arguments; with ``training.torch_compile``, compiled by region and with dynamic
+        shapes (private in transformers 5, the one place the dynamo plugin is made; tests/test_compile.py fails if
+        either stops applying).
+
+        Regional: each repeated decoder block is compiled once and the graph reused by the others, so compile time
+        is one block's rather than the whole model's, and the model around the blocks (embedding, the chunked loss)
+        stays eager. Dynamic from the first step: padding-free rows change length every batch and the packed
+        attention kernel takes the example lengths as integers, which static shapes would recompile for at every
+        new layout, until dynamo's recompile limit sends the rest of the run back to eager.
+        """
+        args = super()._build_accelerator_args(**kwargs)
+        plugin = args.get("dynamo_plugin")
+        if plugin is not None and self.args.torch_compile:
+            plugin.use_regional_compilation, plugin.dynamic = True, True
+        return args
+
+    @override
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Loss over supervised tokens only: the body runs on every token, the LM head only where some row has a
         label, and in training the head's logits are made and dropped a chunk at a time
