@@ -30,7 +30,8 @@ def cpu_flags() -> str:
     return "amx_bf16" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else "avx2 (no native bf16)"
 
 
-def profile_recipe(recipe_path: str, overrides: list[str], warmup: int, steps: int, top: int) -> dict:
+def profile_recipe(recipe_path: str, overrides: list[str], warmup: int, steps: int, top: int,
+                   by_shape: bool = False) -> dict:
     """Train ``warmup + steps`` steps of the recipe, profiling the last ``steps``; the top ops by self CPU time."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -66,7 +67,7 @@ def profile_recipe(recipe_path: str, overrides: list[str], warmup: int, steps: i
 
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == warmup:
-                self.profiler = profile(activities=[ProfilerActivity.CPU])
+                self.profiler = profile(activities=[ProfilerActivity.CPU], record_shapes=by_shape)
                 self.profiler.__enter__()
             self.started = time.perf_counter()
 
@@ -80,14 +81,15 @@ def profile_recipe(recipe_path: str, overrides: list[str], warmup: int, steps: i
     trainer.train()
     profiled = probe.times[warmup:]
     wall = sum(profiled)
-    events = probe.profiler.key_averages()
+    events = probe.profiler.key_averages(group_by_input_shape=by_shape)
     rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     return {
         "recipe": recipe_path, "overrides": overrides, "method": recipe.method.name, "batching": batching,
         "bf16": bool(args.bf16), "weights": str(next(model.parameters()).dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(), "step_seconds": [round(t, 3) for t in probe.times],
         "profiled_step_seconds": round(wall / len(profiled), 3),
-        "ops": [{"op": e.key, "calls_per_step": e.count // steps,
+        "ops": [{"op": e.key, **({"shapes": str(e.input_shapes)} if by_shape else {}),
+                 "calls_per_step": e.count // steps,
                  "self_cpu_ms_per_step": round(e.self_cpu_time_total / 1e3 / steps, 1),
                  "share_of_wall": round(e.self_cpu_time_total / 1e6 / wall, 3)} for e in rows],
     }
@@ -116,15 +118,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", default="now", help="what this profile is (stored in the JSON)")
     parser.add_argument("--out", default="bench-results/profile.json")
     parser.add_argument("--markdown", action="store_true", help="print the tables for bench/README.md")
+    parser.add_argument("--by-shape", action="store_true", help="ops grouped by their input shapes too")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(profile_recipe(args.worker, args.overrides, args.warmup, args.steps, args.top)))
+        print(json.dumps(profile_recipe(args.worker, args.overrides, args.warmup, args.steps, args.top,
+                                        args.by_shape)))
         return
     results = []
     for recipe in args.recipes.split(","):
         done = subprocess.run([sys.executable, __file__, "--worker", recipe, "--warmup", str(args.warmup),
-                               "--steps", str(args.steps), "--top", str(args.top), *args.overrides],
+                               "--steps", str(args.steps), "--top", str(args.top), *args.overrides,
+                               *(["--by-shape"] if args.by_shape else [])],
                               cwd=ROOT, capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"profiling {recipe} failed:\n{done.stderr[-3000:]}")

@@ -11,7 +11,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +31,8 @@ class Ours(NamedTuple):
     checkpointing: bool = False  # training.activation_checkpointing (memory for time, as TRL's default)
     fused_lora: bool = True  # method.fused: one autograd node per LoRA layer
     dtype: str = "auto"  # model.dtype: bf16 where bf16 matmuls are native (this CPU too, if AVX512-BF16/AMX)
+    compiled: bool = False  # training.torch_compile (regional, dynamic shapes)
+    max_tokens: Optional[int] = None  # data.max_tokens_per_batch (data.batching=packed)
     variant: bool = False
 
 
@@ -39,6 +41,9 @@ OURS = {
     "finetune_lora_padded": Ours("lora", "padded"),
     "finetune_lora_group_by_length": Ours("lora", "group_by_length"),
     "finetune_ptuning": Ours("ptuning", "padding_free"),
+    "finetune_full": Ours("full", "padding_free"),  # full fine-tuning: 6N FLOPs per token (weight gradients too)
+    # Token-budget batches of 1,024 tokens (the 8-example batches average ~690): the step's matmuls grow with it.
+    "finetune_lora_packed": Ours("lora", "packed", max_tokens=1024),
     # The default minus one ingredient each: sdpa_packed -> transformers' dense block-diagonal mask; logits only at
     # supervised positions -> logits everywhere; the fused LoRA layer -> peft's.
     "finetune_lora_padding_free_dense_sdpa": Ours("lora", "padding_free", attention="sdpa", variant=True),
@@ -48,6 +53,8 @@ OURS = {
     "finetune_lora_padding_free_checkpointing": Ours("lora", "padding_free", checkpointing=True, variant=True),
     # The default in fp32 (model.dtype=float32): what the default is on hardware without native bf16.
     "finetune_lora_padding_free_fp32": Ours("lora", "padding_free", dtype="float32", variant=True),
+    # The default compiled (training.torch_compile=true): its first step includes the compilation.
+    "finetune_lora_padding_free_compiled": Ours("lora", "padding_free", compiled=True, variant=True),
 }
 DEFAULT = "finetune_lora_padding_free"
 CONFIGS = PEERS + tuple(OURS)
@@ -95,26 +102,29 @@ def build_ours(config: str, model_path: Path, data_path: Path, steps: int):
     """Our trainer built with the same functions ``finetune.train.train`` calls, in the same order."""
     from transformers import set_seed
 
-    from finetune.build import make_collator, method_model, training_arguments
+    from finetune.build import make_collator, method_model, training_arguments, training_batches
     from finetune.data import LabelAudit, build_datasets
     from finetune.methods import get_method
     from finetune.models import resolve_model
     from finetune.precision import resolve_dtype
-    from finetune.recipe import DataSpec, LoraSpec, ModelSpec, PTuningSpec, Recipe, TrainingSpec
+    from finetune.recipe import DataSpec, FullSpec, LoraSpec, ModelSpec, PTuningSpec, Recipe, TrainingSpec
 
     set_seed(SEED)
     spec = OURS[config]
-    method = LoraSpec(r=8, alpha=16, dropout=0.0, fused=spec.fused_lora) if spec.method == "lora" else PTuningSpec(
-        pre_seq_len=16, prefix_projection=False, prefix_dropout=0.0)
+    methods = {"lora": lambda: LoraSpec(r=8, alpha=16, dropout=0.0, fused=spec.fused_lora), "full": FullSpec,
+               "ptuning": lambda: PTuningSpec(pre_seq_len=16, prefix_projection=False, prefix_dropout=0.0)}
+    method = methods[spec.method]()
     output_dir = output_dir_for(config)
     recipe = Recipe(
         name=config, model=ModelSpec(path=str(model_path), max_length=MAX_LENGTH, attn_implementation=spec.attention,
                                      dtype=spec.dtype),
-        data=DataSpec(train=str(data_path), format="alpaca", template="chatml", batching=spec.batching),
+        data=DataSpec(train=str(data_path), format="alpaca", template="chatml", batching=spec.batching,
+                      max_tokens_per_batch=spec.max_tokens),
         method=method,
         training=TrainingSpec(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=BATCH,
                               learning_rate=LEARNING_RATE, lr_scheduler_type="linear", logging_steps=1, seed=SEED,
-                              activation_checkpointing=spec.checkpointing))
+                              activation_checkpointing=spec.checkpointing,
+                              extra={"torch_compile": True} if spec.compiled else {}))
     resolved = resolve_model(recipe.model, recipe.data.template)
     tokenizer, template = resolved.tokenizer, resolved.template
 
@@ -127,13 +137,13 @@ def build_ours(config: str, model_path: Path, data_path: Path, steps: int):
     LabelAudit.of(data.train, tokenizer, data.skipped)  # train() always audits; it counts toward the first step
     set_seed(SEED)  # the same adapter initialisation in every configuration
     model = method_model(resolved.path, resolved.family, recipe.model, recipe.method)
-    base_parameters = sum(p.numel() for n, p in model.named_parameters() if not p.requires_grad)
+    base_parameters = sum(p.numel() for p in model.parameters() if spec.method == "full" or not p.requires_grad)
     cls = get_method(recipe.method.name).trainer
     if spec.all_logits:
         cls = _with_all_logits(cls)
     trainer = cls(
         model=model, args=training_arguments(recipe.training, output_dir, spec.batching, resolve_dtype(spec.dtype)),
-        train_dataset=data.train,
+        train_dataset=training_batches(recipe, data.train, spec.batching),
         data_collator=make_collator(spec.batching, tokenizer), processing_class=tokenizer, template=template,
         recipe=recipe)
     return trainer, {"tokenize": {"cold": cold}, "warm_cache": lambda: tokenize()[1],
