@@ -180,3 +180,37 @@ def todays_model(tmp_path_factory, tokenizer):
         return made[family]
 
     return make
+
+
+# ---------------------------------------------------------------- GGUF files: parsed once, however often read back
+
+class _ParsedOnce:
+    """``gguf.GGUFReader`` that parses each file once: gguf-py builds two numpy views per string of the vocabulary
+    (~10 s for a 128k-token Llama 3 file on 2 cores), and reading one export back parses it 3-7 times (transformers'
+    config, weights and tokenizer loaders each parse it, then the test's own metadata checks). A file is the same
+    file while its path, size and modification time are: read-only readers of it can be shared."""
+
+    def __init__(self, reader_class):
+        self.reader_class = reader_class
+        self.readers: dict[tuple, object] = {}
+
+    def __call__(self, path, mode="r"):
+        if mode != "r":
+            return self.reader_class(path, mode)
+        stat = os.stat(path)
+        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self.readers:
+            self.readers[key] = self.reader_class(path, mode)
+        return self.readers[key]
+
+
+@pytest.fixture(scope="module")
+def gguf_parsed_once():
+    """For a module that reads its exports back several times: ``gguf.GGUFReader`` (which transformers' GGUF
+    loaders import at each call) returns the reader of an unchanged file it already parsed; forgotten at the module's
+    end, so no reader outlives the files of its module."""
+    import gguf
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "GGUFReader", _ParsedOnce(gguf.GGUFReader))
+        yield
