@@ -15,6 +15,12 @@ ACCELERATE_CONFIG ?=
 PORT ?= 6006
 UI_PORT ?= 7860
 SERVE_PORT ?= 8000
+# make test's (and make test-avx2's) pytest workers (pytest-xdist): each takes a whole file at a time (module fixtures
+# are made once), the longest files first (tests/conftest.py, LONGEST_FIRST), and runs torch with one thread, so the
+# workers do not fight over the cores. TEST_WORKERS=0: one process, as plain `pytest` runs. The browser tests run
+# alone afterwards: beside another worker's training their waits (a chat answer within 2 min, a resumed run) timed out.
+TEST_WORKERS ?= 2
+PYTEST_WORKERS := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install demo demo-ptuning demo-qlora train train-ddp train-accelerate dashboard ui serve report bench gpu-check gpu-wheels test test-slow test-avx2 verify-gguf docs quality style clean
 
@@ -83,7 +89,8 @@ gpu-wheels: install  ## wheels (Python 3.12, x86-64) + SmolLM2's tokenizer into 
 test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer (+ Chromium, Go for Ollama templates)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium missing: browser tests will be skipped (apt-get install -y chromium)"
 	@command -v go >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq golang-go >/dev/null; } || echo "go missing: Ollama templates will not be executed (apt-get install -y golang-go)"
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_WORKERS) --ignore=tests/test_ui.py
+	$(PY) -m pytest -m "not slow" -q tests/test_ui.py
 
 test-slow: install  ## trains the real SmolLM2-135M
 	$(PY) -m pytest -m slow -q
@@ -94,7 +101,7 @@ test-slow: install  ## trains the real SmolLM2-135M
 AVX2_ENV := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 
 test-avx2: install  ## the bf16-sensitive tests (fast and slow) as a CPU without native bf16 runs them
-	$(AVX2_ENV) $(PY) -m pytest -m bf16 -q
+	$(AVX2_ENV) $(PY) -m pytest -m bf16 -q $(PYTEST_WORKERS)
 
 # Verification only, never in the default install: pip builds llama.cpp from source with cmake (~17 min on 2 cores).
 # Without -march=native: a native build died with "Illegal instruction" on its first q8_0 matmul on a VM whose CPU

@@ -10,9 +10,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
-from finetune.models import embedded_model_path
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several pytest workers (make test: -n 2) share the cores: each with every core's threads, their OpenMP
+    # threads spin waiting for cores the other holds (training slows 4-5x, finetune/training/sharing.py). One thread
+    # each, set before torch loads, and inherited by the processes the tests start (torchrun, the CLIs, the web
+    # app); ShareCores leaves a set OMP_NUM_THREADS alone. What the user set wins.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402 - after OMP_NUM_THREADS, which torch reads when it loads
+
+from finetune.models import embedded_model_path  # noqa: E402
 
 
 def pytest_configure(config):
@@ -180,3 +188,58 @@ def todays_model(tmp_path_factory, tokenizer):
         return made[family]
 
     return make
+
+
+# ---------------------------------------------------------------- GGUF files: parsed once, however often read back
+
+class _ParsedOnce:
+    """``gguf.GGUFReader`` that parses each file once: gguf-py builds two numpy views per string of the vocabulary
+    (~10 s for a 128k-token Llama 3 file on 2 cores), and reading one export back parses it 3-7 times (transformers'
+    config, weights and tokenizer loaders each parse it, then the test's own metadata checks). A file is the same
+    file while its path, size and modification time are: read-only readers of it can be shared."""
+
+    def __init__(self, reader_class):
+        self.reader_class = reader_class
+        self.readers: dict[tuple, object] = {}
+
+    def __call__(self, path, mode="r"):
+        if mode != "r":
+            return self.reader_class(path, mode)
+        stat = os.stat(path)
+        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self.readers:
+            self.readers[key] = self.reader_class(path, mode)
+        return self.readers[key]
+
+
+@pytest.fixture(scope="module")
+def gguf_parsed_once():
+    """For a module that reads its exports back several times: ``gguf.GGUFReader`` (which transformers' GGUF
+    loaders import at each call) returns the reader of an unchanged file it already parsed; forgotten at the module's
+    end, so no reader outlives the files of its module."""
+    import gguf
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "GGUFReader", _ParsedOnce(gguf.GGUFReader))
+        yield
+
+
+# ---------------------------------------------------------------- make test's workers: the longest files first
+
+LONGEST_FIRST = ("test_smollm2_slow.py", "test_distributed.py", "test_export_families.py", "test_ui.py",
+                 "test_bench.py", "test_todays_models.py", "test_export.py", "test_reliability.py", "test_gpu_check.py",
+                 "test_generation_eval.py", "test_precision.py", "test_template_check.py", "test_merge.py",
+                 "test_launchers.py")
+"""The files that take longest (0.5-4 min each on 2 cores; ``pytest --durations=30``), about longest first; the
+slow file first for ``make test-avx2``, which also runs its bf16 test."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist's ``--dist loadfile --no-loadscope-reorder`` (make test) a file goes to the next free
+    worker in collection order, so a long file collected last runs alone at the end while the other worker idles:
+    the longest start first. (xdist's own reordering puts the files with most tests first, which put test_ui,
+    test_bench and test_gpu_check last.) A plain ``pytest`` run keeps the files' own order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

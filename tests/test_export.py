@@ -22,6 +22,8 @@ from finetune.templates import get_template, template_names
 from finetune.train import train
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "unicode_names" / "train.jsonl"
+# Each export is read back by several tests and loaders: parsed once (conftest.gguf_parsed_once).
+pytestmark = pytest.mark.usefixtures("gguf_parsed_once")
 
 
 def _recipe(model_path, tmp, method=None, **model):

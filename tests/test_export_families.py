@@ -24,6 +24,8 @@ from finetune.templates import get_template
 from finetune.train import train
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "unicode_names" / "train.jsonl"
+# Each export is read back by several tests and loaders: parsed once (conftest.gguf_parsed_once).
+pytestmark = pytest.mark.usefixtures("gguf_parsed_once")
 
 EXPORTED = {  # todays_model key: (general.architecture, tokenizer.ggml.pre, tensors only that architecture has)
     "qwen3": ("qwen3", "qwen2", {"blk.0.attn_q_norm.weight", "blk.0.attn_k_norm.weight"}),
