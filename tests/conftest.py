@@ -228,8 +228,8 @@ def gguf_parsed_once():
 
 LONGEST_FIRST = ("test_smollm2_slow.py", "test_distributed.py", "test_export_families.py", "test_ui.py",
                  "test_bench.py", "test_todays_models.py", "test_export.py", "test_reliability.py", "test_gpu_check.py",
-                 "test_generation_eval.py", "test_precision.py", "test_template_check.py", "test_merge.py",
-                 "test_launchers.py")
+                 "test_generation_eval.py", "test_compile.py", "test_precision.py", "test_template_check.py",
+                 "test_merge.py", "test_launchers.py", "test_packing.py")
 """The files that take longest (0.5-4 min each on 2 cores; ``pytest --durations=30``), about longest first; the
 slow file first for ``make test-avx2``, which also runs its bf16 test."""
 
