@@ -20,7 +20,7 @@ from .evaluation import GenerationEval
 from .methods import Method, get_method
 from .models import ResolvedModel, load_config, load_model
 from .precision import resolve_dtype, upcast_trainable, weights_dtype
-from .recipe import ModelSpec, Recipe, RecipeError, TrainingSpec, resolved_batching, token_budget
+from .recipe import PACKED_ROWS, ModelSpec, Recipe, RecipeError, TrainingSpec, resolved_batching, token_budget
 from .training import PaddingCollator, PaddingFreeCollator, TokenBudgetBins, tokens_seen_mode, training_report_to
 
 __all__ = ["build_trainer", "make_collator", "method_model", "run_arguments", "skeleton", "training_arguments",
@@ -55,7 +55,7 @@ def skeleton(path: Path, family, model_spec: ModelSpec, method_spec, *, config=N
 def make_collator(batching: str, tokenizer, attn_implementation: str = "auto"):
     """The collator for a resolved ``data.batching``; padding rounds to 8 only on GPUs (tensor cores); packed rows
     carry flash-attention's varlen arguments when that kernel runs."""
-    if batching in ("padding_free", "packed"):
+    if batching in PACKED_ROWS:
         return PaddingFreeCollator(flash_attn_kwargs=attn_implementation.startswith("flash_attention"))
     return PaddingCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
 

@@ -19,11 +19,13 @@ __all__ = [
     "ModelSpec", "QuantSpec", "DataSpec", "LoraSpec", "FullSpec", "PTuningSpec", "MethodSpec", "TrainingSpec",
     "EvalSpec", "Recipe",
     "RecipeError", "check_settings_agree", "check_types", "recipe_to_dict", "recipe_from_dict", "resolved_batching",
-    "token_budget",
+    "token_budget", "PACKED_ROWS",
     "register_format_name", "register_method_spec",
 ]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+PACKED_ROWS = ("padding_free", "packed")
+"""The ``data.batching`` modes whose batches are one row of concatenated examples, positions restarting at 0."""
 DATA_FORMATS = ("alpaca", "adgen", "sharegpt", "firefly", "messages", "text", "prompt_completion")
 """The built-in record layouts (``finetune/data/formats.py``), known here before the data package loads."""
 _FORMAT_NAMES: dict[str, None] = dict.fromkeys(DATA_FORMATS)
@@ -385,7 +387,7 @@ class Recipe:
             raise RecipeError("data.train is empty: set it to a JSON/JSONL file of examples (or data.sources).")
         if self.data.train and self.data.sources:
             raise RecipeError("Set data.train or data.sources, not both.")
-        if self.data.batching in ("padding_free", "packed") and not _packs(self):
+        if self.data.batching in PACKED_ROWS and not _packs(self):
             allowed = " or ".join(self.method.padding_free_attention)
             raise RecipeError(f"data.batching={self.data.batching} with method {self.method.name!r} needs "
                               f"model.attn_implementation={allowed} (every packed example must attend to the shared "

@@ -4,8 +4,9 @@
 Padding-free batches of a fixed number of examples vary in tokens with the examples' lengths (on the bench data
 8 examples are 260 to 4,000 tokens), so a GPU's step memory follows the longest batch the sampler happens to draw.
 A token budget makes every step's activations the same size and fills it: best-fit decreasing (as TRL's ``bfd``
-packing strategy) puts each example, longest first, into the bin it leaves least room in, which for real length
-distributions wastes a few per cent of the budget at most (``bench/README.md``).
+packing strategy) puts each example, longest first, into the bin it leaves least room in, which uses at most
+11/9 of the fewest bins possible; the run logs how much of the budget the bins fill (over 85 % on the demo's
+examples in 128-token bins, tests/test_packing.py).
 
 The bins are made once from the ``num_tokens`` column and stay the same across epochs (their order is shuffled by
 the Trainer's sampler each epoch, as for any dataset): the Trainer, accelerate's sharding across processes,

@@ -21,7 +21,7 @@ from transformers.integrations import TensorBoardCallback, WandbCallback
 from typing_extensions import override  # typing.override from Python 3.12
 
 from ..errors import UsageError
-from ..recipe import Recipe, recipe_to_dict
+from ..recipe import PACKED_ROWS, Recipe, recipe_to_dict
 
 __all__ = ["OWN_TRACKERS", "RunLog", "check_trackers", "finish_tracking", "parse_report_to", "tokens_seen_mode",
            "tracking_callbacks", "training_report_to", "wandb_mode"]
@@ -61,7 +61,7 @@ def tokens_seen_mode(batching: str) -> str:
     mask), so every token is real, whereas "non_padding" would fall back to dropping tokens equal to the pad id,
     which miscounts EOS when pad == EOS.
     """
-    return "all" if batching in ("padding_free", "packed") else "non_padding"
+    return "all" if batching in PACKED_ROWS else "non_padding"
 
 
 _WANDB_ADVICE = ("fix WANDB_API_KEY, or set WANDB_MODE=offline (the run logs into <run>/wandb for `wandb sync` "
