@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import built_trainer
 from torch._dynamo.utils import counters
 from transformers import TrainerCallback
 
 from finetune import DataSpec, EvalSpec, FullSpec, LoraSpec, ModelSpec, PTuningSpec, Recipe, TrainingSpec
-from finetune.build import LIGER_KERNELS, build_trainer, method_model, run_arguments, training_arguments
-from finetune.data import build_datasets
-from finetune.models import resolve_model
-from finetune.recipe import RecipeError, resolved_batching
+from finetune.build import LIGER_KERNELS, training_arguments
+from finetune.recipe import RecipeError
 
 METHODS = {"lora": LoraSpec(r=4, alpha=8, dropout=0.0), "ptuning": PTuningSpec(pre_seq_len=4, prefix_dropout=0.0),
            "full": FullSpec()}
@@ -38,14 +37,8 @@ def _train(model_path, data, out, method, compile_):
                               logging_steps=1, save_strategy="no", report_to="none",
                               extra={"torch_compile": compile_}),
         eval=EvalSpec(samples=0))
-    resolved = resolve_model(recipe.model, recipe.data.template)
-    batching = resolved_batching(recipe, resolved.attention)
-    data = build_datasets(recipe.data, resolved.tokenizer, resolved.template, recipe.model.max_length, 0)
-    args = run_arguments(recipe, out, resolved.attention, batching)
-    torch.manual_seed(0)
-    model = method_model(resolved.path, resolved.family, recipe.model, recipe.method, config=resolved.config)
     graphs = Graphs()
-    trainer = build_trainer(recipe, resolved, model, data, args, [graphs], batching=batching)
+    trainer, _ = built_trainer(recipe, [graphs])
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return trainer, losses, graphs.graphs

@@ -5,16 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from pathlib import Path
 
 import pytest
+from helpers import built_trainer
 from safetensors.torch import load_file
 
 from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
-from finetune.build import build_trainer, method_model, run_arguments
-from finetune.data import build_datasets
-from finetune.models import resolve_model
-from finetune.recipe import RecipeError, check_settings_agree, resolved_batching, token_budget
+from finetune.recipe import RecipeError, check_settings_agree, token_budget
 from finetune.train import train
 from finetune.training import TokenBudgetBins, best_fit_decreasing
 
@@ -47,18 +44,9 @@ def _recipe(model, data, out, **data_kwargs):
         eval=EvalSpec(samples=0))
 
 
-def _training(recipe):
-    resolved = resolve_model(recipe.model, recipe.data.template)
-    batching = resolved_batching(recipe, resolved.attention)
-    data = build_datasets(recipe.data, resolved.tokenizer, resolved.template, recipe.model.max_length, 0)
-    args = run_arguments(recipe, Path(recipe.training.output_dir), resolved.attention, batching)
-    model = method_model(resolved.path, resolved.family, recipe.model, recipe.method, config=resolved.config)
-    return build_trainer(recipe, resolved, model, data, args, [], batching=batching), data
-
-
 def test_packed_batches_hold_every_example_once_within_the_token_budget(tiny_llama, alpaca_file, tmp_path):
     recipe = _recipe(tiny_llama, alpaca_file, tmp_path / "run", batching="packed", max_tokens_per_batch=128)
-    trainer, data = _training(recipe)
+    trainer, data = built_trainer(recipe)
     assert isinstance(trainer.train_dataset, TokenBudgetBins) and trainer.args.per_device_train_batch_size == 1
     batches = list(trainer.get_train_dataloader())
     assert len(batches) == len(trainer.train_dataset) < len(data.train)
@@ -77,7 +65,7 @@ def test_packed_batches_accumulated_make_the_update_of_one_padded_batch(tiny_lla
     """Bins of different sizes, accumulated over one optimiser step, weigh every supervised token as one padded
     batch of all the examples does (the loss is normalised by the step's token count, not per batch)."""
     packed = _recipe(tiny_llama, alpaca_file, tmp_path / "packed", batching="packed", max_tokens_per_batch=128)
-    bins = len(_training(packed)[0].train_dataset)
+    bins = len(built_trainer(packed)[0].train_dataset)
     packed = dataclasses.replace(
         packed, model=dataclasses.replace(packed.model, dtype=dtype),
         training=dataclasses.replace(packed.training, gradient_accumulation_steps=bins))
