@@ -21,10 +21,12 @@ def main(recipes_file: str, out_dir: str) -> int:
     if os.environ.get("FINETUNE_TEST_FORCE_FSDP") == "1":
         _force_fsdp_on_cpu()
     if os.environ.get("DS_ACCELERATOR") == "cpu":
-        import deepspeed.comm.torch
+        import importlib
 
-        # Its shared-memory all-reduce is a speed-up compiled on first use (minutes on 2 cores); gloo does the same.
-        deepspeed.comm.torch.build_shm_op = lambda: None
+        # Its shared-memory all-reduce is a speed-up compiled on first use (1-1.5 min on 2 cores, again whenever the
+        # compiler flags change, as between make test and make test-avx2); gloo does the same. By module name:
+        # ``deepspeed.comm.torch`` as an attribute is the torch package (deepspeed.comm star-imports it).
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     if os.environ.get("FINETUNE_TEST_SIGNAL"):
         _signal_one_rank(rank, *map(int, os.environ["FINETUNE_TEST_SIGNAL"].split(":")))
     recipes = [recipe_from_dict(r) for r in json.loads(Path(recipes_file).read_text())]

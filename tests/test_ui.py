@@ -4,6 +4,11 @@ message), previewed, launched with ``training.max_steps=2``, watched until it fi
 ``/v1``, exported to GGUF; a second run is stopped and resumed from the page, a launch into its busy folder is
 refused, and the two runs are compared on one chart. Then the guards: other origins, paths outside the project.
 
+The first run trains the demo recipe with its data, template and settings on a tiny random body with SmolLM2's
+tokenizer (``model.path`` set in the form, as a user points a recipe at another model): the app is what is tested,
+and the real SmolLM2's before/after generations and f16 export took most of a minute. The stopped and resumed run
+keeps the real SmolLM2, whose steps are long enough to be stopped in the middle.
+
 ``FINETUNE_SCREENSHOTS=docs/images pytest tests/test_ui.py`` also saves the screenshots in docs/web-app.md.
 """
 import os
@@ -34,13 +39,19 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A project folder as a user's checkout has it: the recipes and the demo data."""
+def project(tmp_path_factory, tiny_llama) -> Path:
+    """A project folder as a user's checkout has it: the recipes and the demo data; and a model of the user's own
+    (the tiny body) under ``models/``."""
     project = tmp_path_factory.mktemp("project")
     shutil.copytree(ROOT / "recipes", project / "recipes")
     (project / "data").mkdir()
     (project / "data" / "unicode_names").symlink_to(ROOT / "data" / "unicode_names")
+    shutil.copytree(tiny_llama, project / TINY)
     return project
+
+
+TINY = "models/tiny-llama"
+"""The body the runs train, relative to the project (the app runs the command line there)."""
 
 
 def start_ui(project: Path, *args: str) -> tuple[subprocess.Popen, str, Path]:
@@ -149,6 +160,7 @@ def test_demo_recipe_prepared_previewed_launched_watched_chatted_with_and_export
                            ".textContent === ''")
     set_field(page, "training.max_steps", "2")
     set_field(page, "training.logging_steps", "1")
+    set_field(page, "model.path", TINY)
 
     page.click("#preview-button")
     page.wait_for_selector("#audit", timeout=2 * MINUTE)
