@@ -17,8 +17,7 @@ UI_PORT ?= 7860
 SERVE_PORT ?= 8000
 # make test's (and make test-avx2's) pytest workers (pytest-xdist): each takes a whole file at a time (module fixtures
 # are made once), the longest files first (tests/conftest.py, LONGEST_FIRST), and runs torch with one thread, so the
-# workers do not fight over the cores. TEST_WORKERS=0: one process, as plain `pytest` runs. The browser tests run
-# alone afterwards: beside another worker's training their waits (a chat answer within 2 min, a resumed run) timed out.
+# workers do not fight over the cores. TEST_WORKERS=0: one process, as plain `pytest` runs.
 TEST_WORKERS ?= 2
 PYTEST_WORKERS := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
@@ -89,11 +88,10 @@ gpu-wheels: install  ## wheels (Python 3.12, x86-64) + SmolLM2's tokenizer into 
 test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer (+ Chromium, Go for Ollama templates)
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium missing: browser tests will be skipped (apt-get install -y chromium)"
 	@command -v go >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq golang-go >/dev/null; } || echo "go missing: Ollama templates will not be executed (apt-get install -y golang-go)"
-	$(PY) -m pytest -m "not slow" -q $(PYTEST_WORKERS) --ignore=tests/test_ui.py
-	$(PY) -m pytest -m "not slow" -q tests/test_ui.py
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_WORKERS)
 
-test-slow: install  ## trains the real SmolLM2-135M
-	$(PY) -m pytest -m slow -q
+test-slow: install  ## trains the real SmolLM2-135M; launches processes that train (torchrun, accelerate, the scripts)
+	$(PY) -m pytest -m slow -q $(PYTEST_WORKERS)
 
 # A CPU without native bf16 (AVX2 only) rounds bf16 differently and `auto` picks fp32 there. These variables make a
 # CPU with AVX512-BF16/AMX run as one: torch's kernels capped at AVX2 and oneDNN's bf16 kernels off, so bf16 runs

@@ -25,7 +25,8 @@ from finetune.models import embedded_model_path  # noqa: E402
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: trains the real SmolLM2-135M model (make test-slow)")
+    config.addinivalue_line("markers", "slow: trains the real SmolLM2-135M model, or launches processes that train "
+                            "(torchrun, accelerate, make, the benchmark and gpu-check scripts): make test-slow")
     _isolate_cache()
 
 
@@ -241,12 +242,13 @@ def gguf_parsed_once():
 
 # ---------------------------------------------------------------- make test's workers: the longest files first
 
-LONGEST_FIRST = ("test_smollm2_slow.py", "test_distributed.py", "test_export_families.py", "test_ui.py",
-                 "test_bench.py", "test_todays_models.py", "test_export.py", "test_reliability.py", "test_gpu_check.py",
-                 "test_generation_eval.py", "test_compile.py", "test_precision.py", "test_template_check.py",
-                 "test_merge.py", "test_launchers.py", "test_packing.py")
-"""The files that take longest (0.5-4 min each on 2 cores; ``pytest --durations=30``), about longest first; the
-slow file first for ``make test-avx2``, which also runs its bf16 test."""
+LONGEST_FIRST = ("test_smollm2_slow.py", "test_distributed.py", "test_todays_models.py", "test_export_families.py",
+                 "test_ui.py", "test_bench.py", "test_gpu_check.py", "test_reliability.py", "test_precision.py",
+                 "test_export.py", "test_launchers.py", "test_template_check.py", "test_compile.py",
+                 "test_export_slow.py", "test_run_contracts.py", "test_merge.py", "test_generation_eval.py",
+                 "test_packing.py")
+"""The files that take longest (0.5-3 min each in a worker; ``pytest --durations=0``, summed per file), about
+longest first, for ``make test``, ``make test-slow`` and ``make test-avx2`` alike."""
 
 
 def pytest_collection_modifyitems(config, items):

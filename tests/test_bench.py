@@ -31,6 +31,7 @@ def test_bench_data_is_long_tailed(tmp_path):
 
 
 @pytest.mark.bf16  # the default precision follows the CPU; peers run in fp32 and bf16
+@pytest.mark.slow  # four configurations, each in its own process (~80 s)
 def test_bench_runs_and_writes_results(tmp_path):
     out = tmp_path / "results.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--model", "tiny", "--steps", "4",

@@ -21,8 +21,8 @@ from finetune.recipe import QuantSpec, recipe_to_dict
 from finetune.train import train
 
 # bf16-sensitive (processes train in the default precision, bf16 where native): make test-avx2 reruns them
-# without native bf16.
-pytestmark = pytest.mark.bf16
+# without native bf16. In the slow suite: each test launches processes that train (3 min of the fast suite's 11).
+pytestmark = [pytest.mark.bf16, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "dist_driver.py"

@@ -123,6 +123,7 @@ recipe = Recipe(
 """
 
 
+@pytest.mark.slow  # two training processes (torchrun)
 def test_two_process_ddp_gives_the_same_generations_and_scores(tiny_llama, learnable, tmp_path):
     """Each rank answers every other batch of 2; the gathered answers equal one process's, batch for batch."""
     recipe_file = tmp_path / "gen.py"

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 # bf16-sensitive (the check trains every method in this CPU's bf16): make test-avx2 reruns them without native bf16.
-pytestmark = pytest.mark.bf16
+# In the slow suite: the whole script in its own process, 21 trainings and a compilation (~70 s).
+pytestmark = [pytest.mark.bf16, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,6 +21,7 @@ from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSp
 from finetune.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each test launches two training processes through make (~30 s each)
 
 RECIPE = """from finetune import DataSpec, EvalSpec, LoraSpec, ModelSpec, Recipe, TrainingSpec
 recipe = Recipe(name="launched", model=ModelSpec(path={model!r}, max_length=96),

@@ -529,19 +529,22 @@ from finetune.errors import RunFolderError
 from finetune.recipe_file import load_recipe
 from finetune.runs.folder import open_run_folder
 
-recipe_file, root, start, rounds = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+recipe_file, root, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+start = float(sys.stdin.readline())  # one instant for both, sent once both have imported everything
 won = []
 for i in range(rounds):
-    while time.time() < start + 0.25 * i:  # both processes go at the same instant, round after round
+    at = start + 0.25 * i
+    time.sleep(max(0.0, at - time.time() - 0.002))
+    while time.time() < at:  # both processes go at the same instant, round after round
         pass
     try:
         open_run_folder(load_recipe(recipe_file, [f"training.output_dir={root}/run-{i}"]))
         won.append(i)
     except RunFolderError as err:
         assert "in use by another run" in str(err) or "already holds files" in str(err), err
-print(json.dumps(won))
-while time.time() < start + 0.25 * rounds + 5:  # both still running: a claim is released only when its run ends
-    time.sleep(0.05)
+print(json.dumps(won), flush=True)
+sys.stdin.readline()  # both still running until told: a claim is released only when its run ends
 """
 
 
@@ -551,11 +554,17 @@ def test_two_runs_started_together_in_one_output_dir_one_is_refused_every_time(c
     import json
     import time
 
-    start, rounds = time.time() + 12, 20  # after both have imported torch
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    racers = [subprocess.Popen([sys.executable, "-c", _RACE, str(cli.recipe), str(tmp_path / "race"), str(start),
-                                str(rounds)], stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    won = [json.loads(racer.communicate(timeout=300)[0].strip().splitlines()[-1]) for racer in racers]
+    rounds, env = 20, {**os.environ, "PYTHONPATH": str(ROOT)}
+    racers = [subprocess.Popen([sys.executable, "-c", _RACE, str(cli.recipe), str(tmp_path / "race"), str(rounds)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    assert [racer.stdout.readline().strip() for racer in racers] == ["ready", "ready"]
+    start = time.time() + 0.5
+    for racer in racers:
+        racer.stdin.write(f"{start}\n")
+        racer.stdin.flush()
+    won = [json.loads(racer.stdout.readline()) for racer in racers]  # both still hold their claims here
+    for racer in racers:
+        racer.communicate("\n", timeout=60)
     # Each folder was claimed once: every round has one winner, and the other was refused at the same instant.
     assert sorted(won[0] + won[1]) == list(range(rounds)), won
     assert not list((tmp_path / "race").glob("run-*/.finetune-claim"))  # released when the processes ended
