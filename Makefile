@@ -17,7 +17,9 @@ UI_PORT ?= 7860
 SERVE_PORT ?= 8000
 # make test's (and make test-avx2's) pytest workers (pytest-xdist): each takes a whole file at a time (module fixtures
 # are made once), the longest files first (tests/conftest.py, LONGEST_FIRST), and runs torch with one thread, so the
-# workers do not fight over the cores. TEST_WORKERS=0: one process, as plain `pytest` runs.
+# workers do not fight over the cores. TEST_WORKERS=0: one process, as plain `pytest` runs. make test-slow compiles
+# (tests/test_compile.py's P-Tuning and full cases) in a process of its own: in a worker, beside the other worker,
+# they died with SIGABRT inside torch.compile (twice in two runs; alone in one worker they pass), cause not found.
 TEST_WORKERS ?= 2
 PYTEST_WORKERS := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
@@ -91,7 +93,8 @@ test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer (+
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_WORKERS)
 
 test-slow: install  ## trains the real SmolLM2-135M; launches processes that train (torchrun, accelerate, the scripts)
-	$(PY) -m pytest -m slow -q $(PYTEST_WORKERS)
+	$(PY) -m pytest -m slow -q $(PYTEST_WORKERS) --ignore=tests/test_compile.py
+	$(PY) -m pytest -m slow -q tests/test_compile.py
 
 # A CPU without native bf16 (AVX2 only) rounds bf16 differently and `auto` picks fp32 there. These variables make a
 # CPU with AVX512-BF16/AMX run as one: torch's kernels capped at AVX2 and oneDNN's bf16 kernels off, so bf16 runs

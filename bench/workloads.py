@@ -33,7 +33,6 @@ class Ours(NamedTuple):
     dtype: str = "auto"  # model.dtype: bf16 where bf16 matmuls are native (this CPU too, if AVX512-BF16/AMX)
     compiled: bool = False  # training.torch_compile (regional, dynamic shapes)
     max_tokens: Optional[int] = None  # data.max_tokens_per_batch (data.batching=packed)
-    optim: Optional[str] = None  # training.optim, when not the recipe's default
     variant: bool = False
 
 
@@ -43,9 +42,6 @@ OURS = {
     "finetune_lora_group_by_length": Ours("lora", "group_by_length"),
     "finetune_ptuning": Ours("ptuning", "padding_free"),
     "finetune_full": Ours("full", "padding_free"),  # full fine-tuning: 6N FLOPs per token (weight gradients too)
-    # Full fine-tuning with AdamW as a loop over tensors (the default before #27): every parameter's update in ~10
-    # small ops, against the fused kernel's one pass.
-    "finetune_full_adamw_unfused": Ours("full", "padding_free", optim="adamw_torch", variant=True),
     # Token-budget batches of 1,024 tokens (the 8-example batches average ~690): the step's matmuls grow with it.
     "finetune_lora_packed": Ours("lora", "packed", max_tokens=1024),
     # The default minus one ingredient each: sdpa_packed -> transformers' dense block-diagonal mask; logits only at
@@ -128,7 +124,6 @@ def build_ours(config: str, model_path: Path, data_path: Path, steps: int):
         training=TrainingSpec(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=BATCH,
                               learning_rate=LEARNING_RATE, lr_scheduler_type="linear", logging_steps=1, seed=SEED,
                               activation_checkpointing=spec.checkpointing,
-                              **({"optim": spec.optim} if spec.optim else {}),
                               extra={"torch_compile": True} if spec.compiled else {}))
     resolved = resolve_model(recipe.model, recipe.data.template)
     tokenizer, template = resolved.tokenizer, resolved.template
