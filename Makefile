@@ -15,11 +15,9 @@ ACCELERATE_CONFIG ?=
 PORT ?= 6006
 UI_PORT ?= 7860
 SERVE_PORT ?= 8000
-# make test's (and make test-avx2's) pytest workers (pytest-xdist): each takes a whole file at a time (module fixtures
-# are made once), the longest files first (tests/conftest.py, LONGEST_FIRST), and runs torch with one thread, so the
-# workers do not fight over the cores. TEST_WORKERS=0: one process, as plain `pytest` runs. make test-slow compiles
-# (tests/test_compile.py's P-Tuning and full cases) in a process of its own: in a worker, beside the other worker,
-# they died with SIGABRT inside torch.compile (twice in two runs; alone in one worker they pass), cause not found.
+# The test targets' pytest workers (pytest-xdist): each takes a whole file at a time (module fixtures are made once),
+# the longest files first (tests/conftest.py, LONGEST_FIRST), and runs torch with one thread, so the workers do not
+# fight over the cores. TEST_WORKERS=0: one process, as plain `pytest` runs.
 TEST_WORKERS ?= 2
 PYTEST_WORKERS := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
@@ -92,6 +90,9 @@ test: install  ## fast suite: tiny random models + the real SmolLM2 tokenizer (+
 	@command -v go >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq golang-go >/dev/null; } || echo "go missing: Ollama templates will not be executed (apt-get install -y golang-go)"
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_WORKERS)
 
+# The compiled P-Tuning and full cases (tests/test_compile.py) run in a process of their own: in a worker, beside the
+# other worker, they died with SIGABRT inside torch.compile (twice in two runs; alone in one worker they pass), cause
+# not found.
 test-slow: install  ## trains the real SmolLM2-135M; launches processes that train (torchrun, accelerate, the scripts)
 	$(PY) -m pytest -m slow -q $(PYTEST_WORKERS) --ignore=tests/test_compile.py
 	$(PY) -m pytest -m slow -q tests/test_compile.py

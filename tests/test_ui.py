@@ -51,7 +51,7 @@ def project(tmp_path_factory, tiny_llama) -> Path:
 
 
 TINY = "models/tiny-llama"
-"""The body the runs train, relative to the project (the app runs the command line there)."""
+"""The body the first run trains, relative to the project (the app runs the command line there)."""
 
 
 def start_ui(project: Path, *args: str) -> tuple[subprocess.Popen, str, Path]:
